@@ -1,0 +1,4 @@
+"""Packaging lives in setup.cfg; this file keeps `pip install -e .` working on older pips."""
+from setuptools import setup
+
+setup()
