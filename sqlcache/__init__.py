@@ -1,0 +1,31 @@
+"""sqlcache: a durable two-tier asyncio cache for agent processes.
+
+Memory tier on `cachetools`, disk tier on one SQLite file (through `aiosqlite`) shared by every
+process on the host, tag and pattern invalidation, an HTTP `ResourcePool` and a `CachePreloader`.
+"""
+
+from ._config import CacheConfig, CacheLevel, Durability, InvalidationStrategy
+from ._exceptions import (
+    CacheBusyError,
+    CacheDirectoryError,
+    CacheError,
+    DamagedCacheWarning,
+    SchemaVersionError,
+    StorageError,
+)
+from ._manager import CacheManager
+
+__all__ = [
+    "CacheBusyError",
+    "CacheConfig",
+    "CacheDirectoryError",
+    "CacheError",
+    "CacheLevel",
+    "CacheManager",
+    "DamagedCacheWarning",
+    "Durability",
+    "InvalidationStrategy",
+    "SchemaVersionError",
+    "StorageError",
+]
+__version__ = "0.1.0"

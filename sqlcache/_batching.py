@@ -1,0 +1,162 @@
+"""Coalescing: many concurrent callers, few database round trips.
+
+`ReadCoalescer` answers every disk lookup that arrives while a query is in flight with the
+next single `IN (...)` query. `GroupCommitter` runs every write submitted while a transaction
+is in flight in the next transaction; each caller still returns only once its write committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from typing import Any, Awaitable, Callable, Generic, Sequence, TypeVar
+
+Row = TypeVar("Row")
+Op = TypeVar("Op")
+
+
+class _ReadBatch:
+    """Keys read by one query, and whether a write since the query began spoiled them."""
+
+    __slots__ = ("futures", "spoiled", "all_spoiled", "__weakref__")
+
+    def __init__(self) -> None:
+        self.futures: dict[str, asyncio.Future[Any]] = {}
+        self.spoiled: set[str] = set()
+        self.all_spoiled = False
+
+    def promotable(self, key: str) -> bool:
+        return not (self.all_spoiled or key in self.spoiled)
+
+
+class ReadCoalescer(Generic[Row]):
+    """Coalesces concurrent lookups of `fetch(keys) -> {key: row}` into one call at a time.
+
+    `load` returns the row (or None) and whether it may be copied into the memory tier: a read
+    that overlapped a local write or a remote invalidation of its key may carry the old value,
+    so it is answered but not promoted (`spoil` / `spoil_all` mark such reads). A batch can be
+    spoiled until its last caller has looked at it: callers hold it, and `_live` forgets it
+    when they are done.
+    """
+
+    def __init__(self, fetch: Callable[[Sequence[str]], Awaitable[dict[str, Row]]]):
+        self._fetch = fetch
+        self._live: weakref.WeakSet[_ReadBatch] = weakref.WeakSet()
+        self._in_flight: _ReadBatch | None = None
+        self._waiting = self._new_batch()
+
+    def _new_batch(self) -> _ReadBatch:
+        batch = _ReadBatch()
+        self._live.add(batch)
+        return batch
+
+    async def load(self, key: str) -> tuple[Row | None, bool]:
+        if self._in_flight is None:
+            # Nothing in flight: query for this key directly, no task or future needed.
+            batch = self._in_flight = self._new_batch()
+            try:
+                rows = await self._fetch((key,))
+            finally:
+                self._finish_flight()
+            return rows.get(key), batch.promotable(key)
+        batch = self._waiting
+        future = batch.futures.get(key)
+        if future is None:
+            future = batch.futures[key] = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(future), batch.promotable(key)
+
+    def spoil(self, key: str) -> None:
+        for batch in self._live:
+            batch.spoiled.add(key)
+
+    def spoil_all(self) -> None:
+        for batch in self._live:
+            batch.all_spoiled = True
+
+    def _finish_flight(self) -> None:
+        if self._waiting.futures:
+            self._in_flight, self._waiting = self._waiting, self._new_batch()
+            asyncio.get_running_loop().create_task(self._run(self._in_flight))
+        else:
+            self._in_flight = None
+
+    async def _run(self, batch: _ReadBatch) -> None:
+        try:
+            rows = await self._fetch(list(batch.futures))
+        except asyncio.CancelledError:
+            for future in batch.futures.values():
+                future.cancel()
+            raise
+        except Exception as error:
+            for future in batch.futures.values():
+                if not future.done():
+                    future.set_exception(error)
+        else:
+            for key, future in batch.futures.items():
+                if not future.done():
+                    future.set_result(rows.get(key))
+        finally:
+            self._finish_flight()
+
+
+class _Pending(Generic[Op]):
+    __slots__ = ("op", "future", "after_commit")
+
+    def __init__(self, op: Op, future: asyncio.Future[Any], after_commit: Callable[[Any], Any] | None):
+        self.op = op
+        self.future = future
+        self.after_commit = after_commit
+
+
+class GroupCommitter(Generic[Op]):
+    """Runs submitted write ops in shared transactions: `apply(ops) -> results`, one per op.
+
+    `after_commit(result)` runs right after the commit, in submission order, before the caller
+    resumes: memory-tier updates happen in exactly the order the writes committed, even if the
+    caller was cancelled meanwhile. A failed transaction fails every op in it.
+    """
+
+    def __init__(self, apply: Callable[[list[Op]], Awaitable[list[Any]]]):
+        self._apply = apply
+        self._queue: list[_Pending[Op]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, op: Op, after_commit: Callable[[Any], Any] | None = None) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(op, future, after_commit))
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        return await asyncio.shield(future)
+
+    async def drain(self) -> None:
+        """Wait until every submitted op has committed or failed."""
+        while self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def _run(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    results = await self._apply([pending.op for pending in batch])
+                except Exception as error:
+                    for pending in batch:
+                        pending.future.set_exception(error)
+                        _retrieve(pending.future)
+                    continue
+                for pending, result in zip(batch, results):
+                    try:
+                        if pending.after_commit is not None:
+                            result = pending.after_commit(result)
+                    except Exception as error:  # pragma: no cover - after_commit is our own code
+                        pending.future.set_exception(error)
+                    else:
+                        pending.future.set_result(result)
+                    _retrieve(pending.future)
+        finally:
+            self._task = None
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a future's outcome as seen, so a cancelled caller's result logs no warning."""
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())

@@ -1,0 +1,75 @@
+"""Codecs: how a value becomes the bytes of the disk tier, and back.
+
+JSON is the default so that anyone can read a value with `sqlite3` (`value_json`,
+`json_extract`). `bytes` are stored as they are. Pickle is used only where the user opted in,
+and only for values JSON cannot hold; a pickled row is never unpickled unless pickle is allowed,
+so a file from elsewhere cannot run code in a process that did not opt in.
+
+JSON round trips change some types, as everywhere: tuples come back as lists. Types JSON would
+change silently (datetime, dataclasses, subclasses of str/int/dict, keys that are not strings,
+integers beyond 64 bits) raise `TypeError` instead, or are pickled where that is allowed.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import pickle
+from typing import Any
+
+import orjson
+
+
+class Codec(enum.IntEnum):
+    """Stored in the `codec` column of each entry."""
+
+    JSON = 0
+    BYTES = 1
+    PICKLE = 2
+
+
+class UnreadableValueError(Exception):
+    """A stored value this process may not or cannot decode (pickle not allowed, or damaged)."""
+
+
+_STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
+def encode(value: Any, allow_pickle: bool) -> tuple[bytes, Codec]:
+    """Return the stored form of `value`; raise `TypeError` if it cannot be stored."""
+    if type(value) is bytes:
+        return value, Codec.BYTES
+    try:
+        return _encode_json(value), Codec.JSON
+    except TypeError as error:
+        if allow_pickle:
+            return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), Codec.PICKLE
+        raise TypeError(
+            f"cannot store a value of type {type(value).__name__} as JSON ({error}); "
+            "convert it, or set allow_pickle=True in the config"
+        ) from None
+
+
+def _encode_json(value: Any) -> bytes:
+    data = orjson.dumps(value, option=_STRICT)
+    if b"null" in data:
+        # orjson writes NaN and infinities as null; Python's json keeps them exactly
+        # (as NaN / Infinity literals), so re-encode whenever a null could be one of them.
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return data
+
+
+def decode(data: bytes, codec: int, allow_pickle: bool) -> Any:
+    """Return the value stored as `data` with `codec`."""
+    if codec == Codec.JSON:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return json.loads(data)  # NaN / Infinity written by the fallback above
+    if codec == Codec.BYTES:
+        return bytes(data)
+    if codec == Codec.PICKLE:
+        if not allow_pickle:
+            raise UnreadableValueError("value was stored with pickle, which this cache does not allow")
+        return pickle.loads(data)
+    raise UnreadableValueError(f"unknown codec {codec!r}")

@@ -1,0 +1,179 @@
+"""The memory tier: a bounded `cachetools` cache of entries with expiry times and tags.
+
+The cache holds `Entry` objects, so the tier hands back the very object that was stored (no
+copy). Expired entries are dropped lazily when read, and first when room is needed: the cache
+classes below keep a heap of expiry times beside cachetools' own order and pop an expired entry
+before asking cachetools for the strategy's victim.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import re
+from typing import Any, Callable, Iterable, NamedTuple
+
+import cachetools
+
+from ._config import InvalidationStrategy
+
+
+class Entry(NamedTuple):
+    value: Any
+    expires_at: float  # epoch seconds; math.inf for never
+    tags: tuple[str, ...]
+
+
+class _ExpiringFirst(cachetools.Cache):
+    """Mixin: `popitem` removes an expired entry when there is one, else defers to the strategy."""
+
+    def __init__(self, maxsize: int, clock: Callable[[], float], on_evict: Callable[[str, Entry, bool], None]):
+        super().__init__(maxsize)
+        self._clock = clock
+        self._on_evict = on_evict
+        self._expiries: list[tuple[float, str]] = []  # heap; stale pairs are skipped when popped
+
+    def __setitem__(self, key: str, entry: Entry) -> None:
+        super().__setitem__(key, entry)
+        if entry.expires_at != math.inf:
+            heapq.heappush(self._expiries, (entry.expires_at, key))
+            if len(self._expiries) > 2 * len(self) + 64:
+                self._compact_expiries()
+
+    def _compact_expiries(self) -> None:
+        self._expiries = [(entry.expires_at, key) for key, entry in self.items() if entry.expires_at != math.inf]
+        heapq.heapify(self._expiries)
+
+    def _soonest_expiring(self) -> tuple[float, str] | None:
+        """The live (expiry, key) pair at the top of the heap, dropping stale pairs on the way."""
+        heap = self._expiries
+        while heap:
+            expires_at, key = heap[0]
+            # cachetools.Cache.__getitem__ reads without touching the LRU/LFU order.
+            if key in self and cachetools.Cache.__getitem__(self, key).expires_at == expires_at:
+                return expires_at, key
+            heapq.heappop(heap)
+        return None
+
+    def popitem(self) -> tuple[str, Entry]:
+        soonest = self._soonest_expiring()
+        if soonest is not None and soonest[0] <= self._clock():
+            key = soonest[1]
+            entry = self.pop(key)
+            self._on_evict(key, entry, True)
+            return key, entry
+        key, entry = self._strategy_popitem()
+        self._on_evict(key, entry, False)
+        return key, entry
+
+    def _strategy_popitem(self) -> tuple[str, Entry]:
+        return super().popitem()
+
+
+class _LRU(_ExpiringFirst, cachetools.LRUCache):
+    pass
+
+
+class _LFU(_ExpiringFirst, cachetools.LFUCache):
+    pass
+
+
+class _FIFO(_ExpiringFirst, cachetools.FIFOCache):
+    pass
+
+
+class _SoonestExpiring(_ExpiringFirst, cachetools.LRUCache):
+    """TTL strategy: the victim is the entry that expires soonest; entries without expiry by LRU."""
+
+    def _strategy_popitem(self) -> tuple[str, Entry]:
+        soonest = self._soonest_expiring()
+        if soonest is None:
+            return super()._strategy_popitem()
+        return soonest[1], self.pop(soonest[1])
+
+
+_CACHE_CLASSES = {
+    InvalidationStrategy.LRU: _LRU,
+    InvalidationStrategy.LFU: _LFU,
+    InvalidationStrategy.FIFO: _FIFO,
+    InvalidationStrategy.TTL: _SoonestExpiring,
+}
+
+
+class MemoryTier:
+    """Bounded in-process cache with per-entry expiry and a tag index."""
+
+    def __init__(self, maxsize: int, strategy: InvalidationStrategy, clock: Callable[[], float]):
+        self.evictions = 0
+        self.expirations = 0
+        self._maxsize = maxsize
+        self._clock = clock
+        self._tags: dict[str, set[str]] = {}
+        self._cache = _CACHE_CLASSES[strategy](max(maxsize, 1), clock, self._evicted)
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._cache
+
+    def get(self, key: str, now: float) -> Entry | None:
+        """The live entry for `key`, or None; an expired entry is dropped here."""
+        try:
+            entry = self._cache[key]
+        except KeyError:
+            return None
+        if entry.expires_at <= now:
+            self.expirations += 1
+            self.discard(key)
+            return None
+        return entry
+
+    def set(self, key: str, entry: Entry) -> None:
+        if self._maxsize == 0:
+            return
+        self.discard(key)
+        self._cache[key] = entry
+        for tag in entry.tags:
+            self._tags.setdefault(tag, set()).add(key)
+
+    def discard(self, key: str) -> Entry | None:
+        """Remove `key`; return the entry it held, or None."""
+        entry = self._cache.pop(key, None)
+        if entry is not None:
+            self._untag(key, entry)
+        return entry
+
+    def invalidate_keys(self, keys: Iterable[str], now: float) -> set[str]:
+        """Remove `keys`; return those that held a live entry."""
+        live = set()
+        for key in list(keys):
+            entry = self.discard(key)
+            if entry is not None and entry.expires_at > now:
+                live.add(key)
+        return live
+
+    def invalidate_tag(self, tag: str, now: float) -> set[str]:
+        return self.invalidate_keys(self._tags.get(tag, ()), now)
+
+    def invalidate_pattern(self, pattern: re.Pattern[str], now: float) -> set[str]:
+        return self.invalidate_keys([key for key in self._cache if pattern.match(key)], now)
+
+    def clear(self) -> None:
+        self._cache.clear()
+        self._tags.clear()
+
+    def _evicted(self, key: str, entry: Entry, expired: bool) -> None:
+        self._untag(key, entry)
+        if expired:
+            self.expirations += 1
+        else:
+            self.evictions += 1
+
+    def _untag(self, key: str, entry: Entry) -> None:
+        for tag in entry.tags:
+            keys = self._tags.get(tag)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._tags[tag]
