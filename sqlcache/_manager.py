@@ -77,8 +77,17 @@ class CacheManager:
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> "CacheManager":
-        await self._disk()
+        await self.open()
         return self
+
+    async def open(self) -> None:
+        """Open (create, migrate) the database now rather than on the first call."""
+        await self._disk()
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock that decides every expiry (epoch seconds)."""
+        return self._clock
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
