@@ -5,8 +5,9 @@ JSON is the default so that anyone can read a value with `sqlite3` (`value_json`
 and only for values JSON cannot hold; a pickled row is never unpickled unless pickle is allowed,
 so a file from elsewhere cannot run code in a process that did not opt in.
 
-JSON round trips change some types, as everywhere: tuples come back as lists. Types JSON would
-change silently (datetime, dataclasses, subclasses of str/int/dict, keys that are not strings,
+JSON round trips change some types, as everywhere: tuples come back as lists. NaN, infinities
+and integers beyond 64 bits round trip exactly (through Python's `json`, which orjson cannot
+do for them). Types JSON would change silently (datetime, dataclasses, subclasses of str/int/dict, keys that are not strings,
 integers beyond 64 bits) raise `TypeError` instead, or are pickled where that is allowed.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import enum
 import json
 import pickle
+import re
 from typing import Any
 
 import orjson
@@ -33,6 +35,7 @@ class UnreadableValueError(Exception):
 
 
 _STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+_LONG_NUMBER = re.compile(rb"\d{19}")  # may be an integer orjson would read back as a float
 
 
 def encode(value: Any, allow_pickle: bool) -> tuple[bytes, Codec]:
@@ -51,21 +54,32 @@ def encode(value: Any, allow_pickle: bool) -> tuple[bytes, Codec]:
 
 
 def _encode_json(value: Any) -> bytes:
-    data = orjson.dumps(value, option=_STRICT)
+    try:
+        data = orjson.dumps(value, option=_STRICT)
+    except orjson.JSONEncodeError as error:
+        if "64-bit" not in str(error):
+            raise
+        return _python_json(value)
     if b"null" in data:
         # orjson writes NaN and infinities as null; Python's json keeps them exactly
         # (as NaN / Infinity literals), so re-encode whenever a null could be one of them.
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        return _python_json(value)
     return data
+
+
+def _python_json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def decode(data: bytes, codec: int, allow_pickle: bool) -> Any:
     """Return the value stored as `data` with `codec`."""
     if codec == Codec.JSON:
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return json.loads(data)  # NaN / Infinity written by the fallback above
+        if _LONG_NUMBER.search(data) is None:
+            try:
+                return orjson.loads(data)
+            except orjson.JSONDecodeError:
+                pass  # NaN / Infinity literals, written by Python's json
+        return json.loads(data)
     if codec == Codec.BYTES:
         return bytes(data)
     if codec == Codec.PICKLE:
