@@ -1,0 +1,720 @@
+"""The `sqlcache` command (also `python -m sqlcache`): look inside a cache database from a shell.
+
+Reading commands open the file with the standard library's `sqlite3`, read-only. The commands
+that remove entries (`invalidate`, `purge`) go through `CacheManager`, so that the invalidation
+log tells every other process's memory tier about the change. Every statement here is
+parameterised; only the user's own `sql` text is run as given, on a read-only connection.
+
+Exit codes (also in the README): 0 done; 1 the answer is no (`get` found no live entry,
+`check` found a problem, a confirmation was declined); 2 bad arguments; 3 the database file is
+missing or unusable; 4 SQLite refused or failed a statement (a write in `sql`, a syntax error,
+a lock held too long); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import math
+import os
+import re
+import sqlite3
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+from ._exceptions import CacheBusyError, CacheError, StorageError
+from ._sqlite import LATEST_SCHEMA, _regexp
+from ._store import literal_prefix, prefix_successor
+
+EXIT_OK = 0
+EXIT_NO = 1
+EXIT_USAGE = 2
+EXIT_DATABASE = 3
+EXIT_SQL = 4
+EXIT_INTERRUPTED = 130
+
+DEFAULT_DIR = "cache"  # the library's default disk_cache_dir
+DB_NAME = "sqlcache.db"
+MAX_CELL = 80  # characters of a table cell on screen; --json gives the whole value
+BUSY_TIMEOUT = 5.0
+
+
+class CliError(Exception):
+    """A failure reported as one line on stderr and an exit code, never a traceback."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except CliError as error:
+        print(f"sqlcache: {error}", file=sys.stderr)
+        return error.code
+    except sqlite3.Error as error:
+        print(f"sqlcache: SQLite error: {error}", file=sys.stderr)
+        return EXIT_SQL
+    except KeyboardInterrupt:
+        print("sqlcache: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `sqlcache keys | head`: the reader left, which is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    location = argparse.ArgumentParser(add_help=False)
+    where = location.add_argument_group("database location (before or after the command)")
+    where.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS, help="the database file")
+    where.add_argument(
+        "--dir", metavar="DIR", default=argparse.SUPPRESS,
+        help=f"the cache directory (disk_cache_dir) holding {DB_NAME}; default ./{DEFAULT_DIR}",
+    )
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
+
+    parser = argparse.ArgumentParser(
+        prog="sqlcache", parents=[location],
+        description="Inspect and maintain a sqlcache database.",
+        epilog="Exit codes: 0 done, 1 the answer is no (not found, check failed, declined), "
+        "2 bad arguments, 3 database missing or unusable, 4 SQLite refused or failed, 130 interrupted.",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    def command(name: str, run: Callable[[argparse.Namespace], int], help: str, json_output: bool = True):
+        parents = [location, as_json] if json_output else [location]
+        sub = commands.add_parser(name, parents=parents, help=help, description=help)
+        sub.set_defaults(run=run)
+        return sub
+
+    command("stats", run_stats, "entries, bytes, expiries and tags of the database")
+    keys = command("keys", run_keys, "list keys with their size, expiry, reads and tags")
+    keys.add_argument("--tag", help="only keys carrying this tag")
+    keys.add_argument("--pattern", help="only keys re.match-ing this Python regex")
+    keys.add_argument("--limit", type=_positive_int, default=100, help="most keys shown (default 100)")
+    get = command("get", run_get, "show one entry and its value (exit 1 if no live entry)")
+    get.add_argument("key")
+    command("tags", run_tags, "tags with their entry counts and bytes, biggest first")
+    invalidate = command("invalidate", run_invalidate, "remove the entries of a tag or a key pattern")
+    what = invalidate.add_mutually_exclusive_group(required=True)
+    what.add_argument("--tag", help="remove every entry carrying this tag")
+    what.add_argument("--pattern", help="remove every key re.match-ing this Python regex")
+    invalidate.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    command("purge", run_purge, "delete expired entries from disk")
+    command("vacuum", run_vacuum, "rebuild the file to give freed space back to the file system")
+    command("tasks", run_tasks, "the preloader's tasks: runs, errors, last error")
+    command("check", run_check, "integrity check and consistency of counters, tags and statistics (exit 1 if not ok)")
+    sql = command("sql", run_sql, "run one read-only SQL statement (writing statements are refused)")
+    sql.add_argument("statement", metavar="SQL", help='for example "SELECT key, size FROM cache_entries"')
+    demo = command("demo", run_demo, "run agents and the preloader against a local market-data server", False)
+    demo.add_argument("--duration", type=_positive_float, default=20.0, help="seconds the agents run (default 20)")
+    demo.add_argument("--agents", type=_positive_int, default=4, help="number of agents (default 4)")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+# ---------------------------------------------------------------- opening the database
+
+
+def _db_path(args: argparse.Namespace) -> Path:
+    db, directory = getattr(args, "db", None), getattr(args, "dir", None)
+    if db is not None and directory is not None:
+        raise CliError("give --db PATH or --dir DIR, not both", EXIT_USAGE)
+    if db is not None:
+        return Path(db)
+    return Path(directory or DEFAULT_DIR) / DB_NAME
+
+
+def _require_file(path: Path) -> None:
+    if path.is_dir():
+        raise CliError(f"{path} is a directory; pass it as --dir {path}", EXIT_USAGE)
+    if not path.exists():
+        raise CliError(
+            f"no cache database at {path} (give --dir with the cache directory, or --db with the "
+            f"path of its {DB_NAME})",
+            EXIT_DATABASE,
+        )
+
+
+def _deny_attach(action: int, *_: object) -> int:
+    """Authorizer of read-only connections: ATTACH (and VACUUM INTO) could create files."""
+    return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_ATTACH else sqlite3.SQLITE_OK
+
+
+@contextlib.contextmanager
+def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to a sqlcache database (closed on exit), or a `CliError` saying why not."""
+    _require_file(path)
+    try:
+        connection = sqlite3.connect(
+            path.resolve().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT, isolation_level=None
+        )
+    except sqlite3.Error as error:
+        raise CliError(f"cannot open {path}: {error}", EXIT_DATABASE) from None
+    try:
+        connection.execute("PRAGMA query_only = ON")
+        connection.set_authorizer(_deny_attach)
+        connection.create_function("regexp", 2, _regexp, deterministic=True)
+        _require_schema(connection, path)
+        connection.row_factory = sqlite3.Row
+        yield connection
+    finally:
+        connection.close()
+
+
+def _require_schema(connection: sqlite3.Connection, path: Path) -> None:
+    try:
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        has_entries = connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", ("entries",)
+        ).fetchone()
+    except sqlite3.DatabaseError as error:
+        raise CliError(f"{path} is not a readable SQLite database: {error}", EXIT_DATABASE) from None
+    if version < 1 or has_entries is None:
+        raise CliError(f"{path} is not a sqlcache database (it has no sqlcache schema)", EXIT_DATABASE)
+
+
+def _has_table(connection: sqlite3.Connection, name: str) -> bool:
+    row = connection.execute("SELECT 1 FROM sqlite_master WHERE name = ? AND type IN ('table', 'view')", (name,))
+    return row.fetchone() is not None
+
+
+def _run_with_manager(path: Path, action: Callable[[Any], Any]) -> Any:
+    """Open `path` with a `CacheManager` and return `await action(manager)`.
+
+    Removals go through the manager so the invalidation log reaches other processes.
+    """
+    with _read_only(path):  # a clear message for a missing or foreign file, before any write
+        pass
+    if path.name != DB_NAME:
+        raise CliError(
+            f"this command opens a cache directory's {DB_NAME}; {path} has another name, so pass "
+            f"--dir with the directory of a {DB_NAME}",
+            EXIT_USAGE,
+        )
+    from ._manager import CacheManager
+
+    async def run() -> Any:
+        config = {"disk_cache_dir": path.parent, "check_on_open": False, "purge_interval": 0}
+        async with CacheManager(config) as manager:
+            return await action(manager)
+
+    try:
+        return asyncio.run(run())
+    except (CacheBusyError, StorageError) as error:
+        raise CliError(str(error), EXIT_SQL) from None
+    except CacheError as error:
+        raise CliError(str(error), EXIT_DATABASE) from None
+
+
+# ---------------------------------------------------------------- output
+
+
+def _emit(args: argparse.Namespace, data: Any, render: Callable[[Any], str]) -> None:
+    """Print `data` as JSON with --json, else as `render(data)` for a person."""
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        print(render(data))
+
+
+def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], headers: Sequence[str] | None = None) -> str:
+    """A plain aligned text table; numbers right-aligned, long cells cut to `MAX_CELL`."""
+    if not rows:
+        return "(no rows)"
+    cells = [[_cell(row[column]) for column in columns] for row in rows]
+    titles = list(headers or columns)
+    widths = [max(len(title), *(len(line[i]) for line in cells)) for i, title in enumerate(titles)]
+    numeric = [all(isinstance(row[c], (int, float)) or row[c] is None for row in rows) for c in columns]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(titles), line(["-" * w for w in widths]), *(line(values) for values in cells)])
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return f"<blob, {len(value)} bytes>"
+    text = str(value).replace("\n", " ")
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 3] + "..."
+
+
+def _pairs(pairs: Iterable[tuple[str, Any]]) -> str:
+    """`label: value` lines with the values aligned."""
+    pairs = list(pairs)
+    width = max(len(label) for label, _ in pairs)
+    return "\n".join(f"{label + ':':<{width + 1}} {'' if value is None else value}" for label, value in pairs)
+
+
+def _bytes(count: int) -> str:
+    size, unit = float(count), "bytes"
+    for bigger in ("KiB", "MiB", "GiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{count} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
+
+
+def _count(number: int, one: str, many: str) -> str:
+    return f"{number} {one if number == 1 else many}"
+
+
+def _epoch(iso: str | None) -> float | None:
+    """Epoch seconds of the views' ISO-8601 UTC text."""
+    if iso is None:
+        return None
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def _relative(iso: str | None, never: str = "never") -> str:
+    """'in 4m 10s' or '12s ago' for an ISO time from a view."""
+    if iso is None:
+        return never
+    delta = _epoch(iso) - time.time()
+    text = _duration(abs(delta))
+    return f"in {text}" if delta > 0 else f"{text} ago"
+
+
+def _duration(seconds: float) -> str:
+    """The two largest non-zero units: '45s', '4m 10s', '2h 5m', '3d 1h'."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    parts = [f"{n}{unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")) if n]
+    return " ".join(parts[:2]) or "0s"
+
+
+# ---------------------------------------------------------------- stats
+
+STATS_SQL = {
+    "counters": "SELECT entries, bytes FROM counters WHERE id = 1",
+    # Expired entries still on disk, by the partial expiry index.
+    "expired": "SELECT count(*) FROM entries WHERE expires_at <= ?",
+    "never_expiring": "SELECT count(*) FROM entries WHERE expires_at IS NULL",
+    "next_expiry": "SELECT min(expires_at) FROM entries WHERE expires_at > ?",
+    "last_write": "SELECT max(created_at) FROM entries",
+    "tags": "SELECT count(DISTINCT tag) FROM tags",
+    "reads": "SELECT coalesce(sum(access_count), 0) FROM access",
+    "log": "SELECT count(*) FROM invalidations",
+    "tasks": "SELECT count(*) FROM preload_tasks",
+}
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    path = _db_path(args)
+    with _read_only(path) as db:
+        _emit(args, _stats(db, path), _render_stats)
+    return EXIT_OK
+
+
+def _stats(db: sqlite3.Connection, path: Path) -> dict[str, Any]:
+    now = time.time()
+
+    def scalar(name: str, *params: Any) -> Any:
+        return db.execute(STATS_SQL[name], params).fetchone()[0]
+
+    entries, total = db.execute(STATS_SQL["counters"]).fetchone()
+    expired = scalar("expired", now)
+    return {
+        "db_path": str(path),
+        "file_bytes": sum(_file_size(Path(f"{path}{suffix}")) for suffix in ("", "-wal")),
+        "schema_version": db.execute("PRAGMA user_version").fetchone()[0],
+        "entries": entries,
+        "live_entries": entries - expired,
+        "expired_entries": expired,
+        "never_expiring": scalar("never_expiring"),
+        "bytes": total,
+        "tags": scalar("tags"),
+        "reads_recorded": scalar("reads"),
+        "next_expiry": _iso(scalar("next_expiry", now)),
+        "last_write": _iso(scalar("last_write")),
+        "invalidation_log_rows": scalar("log"),
+        "preload_tasks": scalar("tasks") if _has_table(db, "preload_tasks") else None,
+    }
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _render_stats(stats: Mapping[str, Any]) -> str:
+    return _pairs([
+        ("database", stats["db_path"]),
+        ("file size", _bytes(stats["file_bytes"])),
+        ("schema version", stats["schema_version"]),
+        ("entries", f"{stats['entries']} ({stats['live_entries']} live, {stats['expired_entries']} expired "
+                    f"awaiting purge, {stats['never_expiring']} never expire)"),
+        ("stored bytes", _bytes(stats["bytes"])),
+        ("tags", stats["tags"]),
+        ("reads recorded", stats["reads_recorded"]),
+        ("next expiry", _relative(stats["next_expiry"], never="none")),
+        ("last write", _relative(stats["last_write"], never="none")),
+        ("invalidation log", f"{stats['invalidation_log_rows']} rows"),
+        ("preload tasks", "no preload_tasks table" if stats["preload_tasks"] is None else stats["preload_tasks"]),
+    ]) + "\n(hit rates belong to each process: see CacheManager.get_stats())"
+
+
+# ---------------------------------------------------------------- keys
+
+ENTRY_COLUMNS = "key, tags, size, created_at, expires_at, accessed_at, access_count, codec, expired"
+
+# The keys carrying a tag, by the tags primary key (tag, entry_id).
+TAGGED_KEYS = "key IN (SELECT e.key FROM tags AS t JOIN entries AS e ON e.id = t.entry_id WHERE t.tag = ?)"
+# Keys matching a regex within the key range of its literal prefix, by the key index.
+PATTERN_IN_RANGE = "key >= ? AND key < ? AND key REGEXP ?"
+PATTERN_ANYWHERE = "key REGEXP ?"
+
+
+def _key_filter(tag: str | None, pattern: str | None) -> tuple[str, list[Any]]:
+    """A WHERE clause (of fixed fragments) and its parameters for --tag and --pattern."""
+    clauses, params = ["1"], []
+    if tag is not None:
+        clauses.append(TAGGED_KEYS)
+        params.append(tag)
+    if pattern is not None:
+        try:
+            prefix = literal_prefix(pattern)
+        except re.error as error:
+            raise CliError(f"invalid --pattern {pattern!r}: {error}", EXIT_USAGE) from None
+        upper = prefix_successor(prefix) if prefix else None
+        if upper is None:
+            clauses.append(PATTERN_ANYWHERE)
+            params.append(pattern)
+        else:
+            clauses.append(PATTERN_IN_RANGE)
+            params += [prefix, upper, pattern]
+    return " AND ".join(clauses), params
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    where, params = _key_filter(args.tag, args.pattern)
+    with _read_only(_db_path(args)) as db:
+        total = db.execute(f"SELECT count(*) FROM cache_entries WHERE {where}", params).fetchone()[0]
+        rows = db.execute(
+            f"SELECT {ENTRY_COLUMNS} FROM cache_entries WHERE {where} ORDER BY key LIMIT ?", [*params, args.limit]
+        ).fetchall()
+    entries = [_entry(row) for row in rows]
+    _emit(args, {"total": total, "keys": entries}, _render_keys)
+    return EXIT_OK
+
+
+def _entry(row: sqlite3.Row) -> dict[str, Any]:
+    entry = dict(row)
+    entry["tags"] = json.loads(entry["tags"])
+    entry["expired"] = bool(entry["expired"])
+    return entry
+
+
+def _render_keys(data: Mapping[str, Any]) -> str:
+    rows = [
+        {**entry, "tags": ", ".join(entry["tags"]),
+         "expires_at": "expired" if entry["expired"] else _relative(entry["expires_at"]),
+         "accessed_at": _relative(entry["accessed_at"])}
+        for entry in data["keys"]
+    ]
+    columns = ["key", "size", "expires_at", "access_count", "accessed_at", "codec", "tags"]
+    text = _table(rows, columns, ["key", "bytes", "expires", "reads", "last used", "codec", "tags"])
+    hidden = data["total"] - len(rows)
+    return text + (f"\n... and {hidden} more (raise --limit)" if hidden > 0 else "")
+
+
+# ---------------------------------------------------------------- get
+
+GET_ENTRY = f"""
+SELECT {ENTRY_COLUMNS}, value_json, (SELECT value FROM entries AS e WHERE e.key = c.key) AS value
+FROM cache_entries AS c WHERE key = ?
+"""
+
+
+def run_get(args: argparse.Namespace) -> int:
+    with _read_only(_db_path(args)) as db:
+        row = db.execute(GET_ENTRY, (args.key,)).fetchone()
+    if row is None:
+        raise CliError(f"no entry for key {args.key!r}", EXIT_NO)
+    entry = _entry(row)
+    raw, value_json = entry.pop("value"), entry.pop("value_json")
+    entry["value"] = json.loads(value_json) if value_json is not None else None
+    if entry["codec"] == "bytes":
+        entry["value_base64"] = base64.b64encode(raw).decode()
+    _emit(args, entry, lambda e: _render_entry(e, value_json, raw))
+    if entry["expired"]:
+        print(f"sqlcache: {args.key!r} expired at {entry['expires_at']} (on disk until purged)", file=sys.stderr)
+        return EXIT_NO
+    return EXIT_OK
+
+
+def _render_entry(entry: Mapping[str, Any], value_json: str | None, raw: bytes) -> str:
+    header = _pairs([
+        ("key", entry["key"]),
+        ("tags", ", ".join(entry["tags"]) or "(none)"),
+        ("size", _bytes(entry["size"])),
+        ("written", f"{entry['created_at']} ({_relative(entry['created_at'])})"),
+        ("expires", "never" if entry["expires_at"] is None
+         else f"{entry['expires_at']} ({'expired ' if entry['expired'] else ''}{_relative(entry['expires_at'])})"),
+        ("reads", f"{entry['access_count']}, last used {_relative(entry['accessed_at'])}"),
+        ("codec", entry["codec"]),
+    ])
+    if value_json is not None:
+        value = json.dumps(json.loads(value_json), indent=2, ensure_ascii=False)
+    elif entry["codec"] == "bytes":
+        preview = repr(raw[:64]) + (" ..." if len(raw) > 64 else "")
+        value = f"<bytes, {len(raw)} bytes> {preview}"
+    else:
+        value = f"<{entry['codec']}, {len(raw)} bytes>"  # pickle is never loaded here
+    return f"{header}\n\n{value}"
+
+
+# ---------------------------------------------------------------- tags
+
+TAGS = "SELECT tag, entries, bytes FROM cache_tags ORDER BY bytes DESC, tag"
+
+
+def run_tags(args: argparse.Namespace) -> int:
+    with _read_only(_db_path(args)) as db:
+        rows = [dict(row) for row in db.execute(TAGS)]
+    _emit(args, rows, lambda r: _table(r, ["tag", "entries", "bytes"]))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- invalidate, purge, vacuum
+
+
+def run_invalidate(args: argparse.Namespace) -> int:
+    path = _db_path(args)
+    where, params = _key_filter(args.tag, args.pattern)
+    with _read_only(path) as db:
+        matching, live = db.execute(
+            f"SELECT count(*), coalesce(sum(expires_at IS NULL OR expires_at > ?), 0) FROM entries WHERE {where}",
+            [time.time(), *params],
+        ).fetchone()
+    what = f"tagged {args.tag!r}" if args.tag is not None else f"matching {args.pattern!r}"
+    question = f"Remove {_count(matching, 'entry', 'entries')} {what} ({live} live) from {path}?"
+    if matching and not args.yes and not _confirm(question):
+        raise CliError("nothing removed (answer y, or pass --yes)", EXIT_NO)
+    if not matching:
+        removed = 0
+    elif args.tag is not None:
+        removed = _run_with_manager(path, lambda manager: manager.invalidate_by_tag(args.tag))
+    else:
+        removed = _run_with_manager(path, lambda manager: manager.invalidate_by_pattern(args.pattern))
+    result = {"removed": removed, "tag": args.tag, "pattern": args.pattern}
+    _emit(args, result, lambda r: f"removed {_count(r['removed'], 'live entry', 'live entries')} {what}")
+    return EXIT_OK
+
+
+def _confirm(question: str) -> bool:
+    """Ask on stderr (stdout stays clean for --json); only 'y' or 'yes' agrees, end of input declines."""
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
+def run_purge(args: argparse.Namespace) -> int:
+    path = _db_path(args)
+    purged = _run_with_manager(path, lambda manager: manager.purge_expired())
+    with _read_only(path) as db:
+        entries, total = db.execute(STATS_SQL["counters"]).fetchone()
+    result = {"purged": purged, "entries": entries, "bytes": total}
+    _emit(args, result, lambda r: f"purged {_count(r['purged'], 'expired entry', 'expired entries')}; "
+                                  f"{_count(r['entries'], 'entry', 'entries')} ({_bytes(r['bytes'])}) remain")
+    return EXIT_OK
+
+
+def run_vacuum(args: argparse.Namespace) -> int:
+    path = _db_path(args)
+    with _read_only(path):  # the same checks and messages as every other command
+        pass
+    before = _file_size(path) + _file_size(Path(f"{path}-wal"))
+    connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+    try:
+        connection.execute("VACUUM")
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.OperationalError as error:
+        raise CliError(f"cannot vacuum {path}: {error}", EXIT_SQL) from None
+    finally:
+        connection.close()
+    after = _file_size(path) + _file_size(Path(f"{path}-wal"))
+    result = {"bytes_before": before, "bytes_after": after}
+    _emit(args, result, lambda r: f"vacuumed {path}: {_bytes(before)} -> {_bytes(after)}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- tasks
+
+TASKS = "SELECT * FROM preload_tasks ORDER BY name"
+
+# Columns of the `preload_tasks` view shown on screen (--json gives every column).
+TASK_COLUMNS = {
+    "name": "name", "enabled": "enabled", "interval": "interval", "last_run": "last run",
+    "next_run": "next run", "run_count": "runs", "error_count": "errors", "last_error": "last error",
+}
+
+
+def run_tasks(args: argparse.Namespace) -> int:
+    path = _db_path(args)
+    with _read_only(path) as db:
+        if _has_table(db, "preload_tasks"):
+            rows = [dict(row) for row in db.execute(TASKS)]
+        else:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            print(f"sqlcache: {path} has no preload_tasks table (schema version {version}): it was last opened "
+                  "by a sqlcache without the preloader, so it holds no preload tasks", file=sys.stderr)
+            rows = []
+    _emit(args, rows, _render_tasks)
+    return EXIT_OK
+
+
+def _render_tasks(rows: Sequence[Mapping[str, Any]]) -> str:
+    shown = [
+        {**row, "enabled": "yes" if row["enabled"] else "no", "last_run": _relative(row["last_run"]),
+         "next_run": _relative(row.get("next_run"), never="due now")}
+        for row in rows
+    ]
+    columns = [column for column in TASK_COLUMNS if not rows or column in rows[0]]
+    return _table(shown, columns, [TASK_COLUMNS[column] for column in columns])
+
+
+# ---------------------------------------------------------------- check
+
+# Each returns the number of rows that break the invariant named by its key.
+CHECKS = {
+    "counters match entries": """
+        SELECT (SELECT entries FROM counters WHERE id = 1) <> (SELECT count(*) FROM entries)
+            OR (SELECT bytes FROM counters WHERE id = 1) <> (SELECT coalesce(sum(size), 0) FROM entries)""",
+    "sizes match keys and values": """
+        SELECT count(*) FROM entries WHERE size <> length(CAST(key AS BLOB)) + length(value)""",
+    "every entry has access statistics": """
+        SELECT count(*) FROM entries AS e WHERE NOT EXISTS (SELECT 1 FROM access AS a WHERE a.entry_id = e.id)""",
+    "no orphan access statistics": """
+        SELECT count(*) FROM access AS a WHERE NOT EXISTS (SELECT 1 FROM entries AS e WHERE e.id = a.entry_id)""",
+    "tag index has every entry tag": """
+        SELECT count(*) FROM entries AS e, json_each(e.tags) AS j
+        WHERE NOT EXISTS (SELECT 1 FROM tags AS t WHERE t.tag = j.value AND t.entry_id = e.id)""",
+    "tag index has nothing else": """
+        SELECT count(*) FROM tags AS t WHERE NOT EXISTS (
+            SELECT 1 FROM entries AS e, json_each(e.tags) AS j WHERE e.id = t.entry_id AND j.value = t.tag)""",
+}
+
+
+def run_check(args: argparse.Namespace) -> int:
+    with _read_only(_db_path(args)) as db:
+        results = [_integrity(db), _schema_version(db)]
+        results += [_invariant(db, name, sql) for name, sql in CHECKS.items()]
+    ok = all(result["ok"] for result in results)
+    _emit(args, {"ok": ok, "checks": results}, _render_check)
+    return EXIT_OK if ok else EXIT_NO
+
+
+def _integrity(db: sqlite3.Connection) -> dict[str, Any]:
+    problems = [row[0] for row in db.execute("PRAGMA integrity_check")]
+    return {"check": "SQLite integrity_check", "ok": problems == ["ok"], "detail": "; ".join(problems[:5])}
+
+
+def _schema_version(db: sqlite3.Connection) -> dict[str, Any]:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    detail = f"version {version}, this sqlcache knows up to {LATEST_SCHEMA}"
+    return {"check": "schema version known", "ok": version <= LATEST_SCHEMA, "detail": detail}
+
+
+def _invariant(db: sqlite3.Connection, name: str, sql: str) -> dict[str, Any]:
+    broken = db.execute(sql).fetchone()[0]
+    return {"check": name, "ok": not broken, "detail": "ok" if not broken else f"{broken} rows disagree"}
+
+
+def _render_check(data: Mapping[str, Any]) -> str:
+    rows = [{**result, "ok": "ok" if result["ok"] else "FAILED"} for result in data["checks"]]
+    verdict = "all checks passed" if data["ok"] else "PROBLEMS FOUND"
+    return _table(rows, ["check", "ok", "detail"], ["check", "result", "detail"]) + f"\n{verdict}"
+
+
+# ---------------------------------------------------------------- sql
+
+
+def run_sql(args: argparse.Namespace) -> int:
+    with _read_only(_db_path(args)) as db:
+        try:
+            cursor = db.execute(args.statement)
+            rows = cursor.fetchall()
+        except (sqlite3.DatabaseError, sqlite3.ProgrammingError, sqlite3.Warning) as error:
+            raise CliError(_sql_failure(error), EXIT_SQL) from None
+        columns = _unique([column[0] for column in cursor.description or ()])
+    records = [dict(zip(columns, (_json_cell(value) for value in row))) for row in rows]
+    _emit(args, records, lambda r: _table(r, columns) if columns else "(no result columns)")
+    return EXIT_OK
+
+
+def _sql_failure(error: Exception) -> str:
+    name = getattr(error, "sqlite_errorname", "")
+    if name in ("SQLITE_READONLY", "SQLITE_AUTH"):
+        return (f"refused: `sqlcache sql` opens the database read-only, so statements that write are not "
+                f"allowed ({error}); nothing was changed. Use invalidate, purge or vacuum to change the cache.")
+    return f"SQL failed: {error}"
+
+
+def _json_cell(value: Any) -> Any:
+    return f"<blob, {len(value)} bytes>" if isinstance(value, bytes) else value
+
+
+def _unique(names: Sequence[str]) -> list[str]:
+    """Column names made distinct (`key`, `key:2`) so no JSON field hides another."""
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name}:{seen[name]}")
+    return unique
+
+
+# ---------------------------------------------------------------- demo
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    if getattr(args, "db", None) is not None:
+        raise CliError("the demo writes a fresh cache directory: give --dir DIR, not --db", EXIT_USAGE)
+    from ._demo import run
+
+    return run(Path(getattr(args, "dir", None) or "sqlcache-demo"), duration=args.duration, agents=args.agents)
