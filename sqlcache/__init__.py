@@ -14,6 +14,7 @@ from ._exceptions import (
     StorageError,
 )
 from ._manager import CacheManager
+from ._preloader import CachePreloader, PreloadError
 
 __all__ = [
     "CacheBusyError",
@@ -22,9 +23,11 @@ __all__ = [
     "CacheError",
     "CacheLevel",
     "CacheManager",
+    "CachePreloader",
     "DamagedCacheWarning",
     "Durability",
     "InvalidationStrategy",
+    "PreloadError",
     "SchemaVersionError",
     "StorageError",
 ]
