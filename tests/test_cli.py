@@ -1,0 +1,369 @@
+"""The `sqlcache` command end to end: real cache files, real subprocesses (`python -m sqlcache`).
+
+The README's debugging queries are run here too, so the manual cannot drift from the schema.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+from sqlcache import CacheManager
+from sqlcache._pool import ResourcePool
+
+REPO = Path(__file__).resolve().parent.parent
+CANDLES = [[1_700_000_000 + 60 * i, 100.0 + i, 101.0 + i, 99.0 + i, 100.5 + i, 10.0] for i in range(3)]
+BIG_BOOK = {"bids": [[100 - i / 10, 1.0] for i in range(200)], "asks": [[100 + i / 10, 1.0] for i in range(200)]}
+
+
+def sqlcache(*args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m sqlcache ARGS` in a fresh process, as a user would."""
+    paths = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    return subprocess.run(
+        [sys.executable, "-m", "sqlcache", *args],
+        input=stdin, capture_output=True, text=True, timeout=60, cwd=cwd, env=env,
+    )
+
+
+def as_json(result: subprocess.CompletedProcess[str]):
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess[str], code: int, message: str) -> None:
+    """A failure is one clear line on stderr and a meaningful exit code, not a traceback."""
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def fill(directory: Path) -> None:
+    """A cache as agents leave it: market data, an order book, raw bytes, a pickle, an expired entry."""
+    async with CacheManager({"disk_cache_dir": directory, "allow_pickle": True}) as cache:
+        await cache.set("market_data:BTC:1m", {"symbol": "BTC", "candles": CANDLES}, 30, tags=["market_data", "BTC", "1m"])
+        await cache.set("market_data:ETH:1m", {"symbol": "ETH", "candles": CANDLES[:2]}, 3600,
+                        tags=["market_data", "ETH", "1m"])
+        await cache.set("order_book:ETH:depth_20", BIG_BOOK, 600, tags=["order_book", "ETH"])
+        await cache.set("raw:frame", b"\x00\x01frame", 0)
+        await cache.set("pickled:set", {1, 2, 3}, 600)
+        for _ in range(3):
+            await cache.get("market_data:BTC:1m")
+    an_hour_ago = time.time() - 3600
+    async with CacheManager({"disk_cache_dir": directory}, clock=lambda: an_hour_ago) as old:
+        await old.set("market_data:SOL:1m", {"symbol": "SOL", "candles": CANDLES}, 60, tags=["market_data", "SOL"])
+
+
+@pytest.fixture
+async def cache(cache_dir: Path) -> Path:
+    await fill(cache_dir)
+    return cache_dir
+
+
+def rows(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
+    with sqlite3.connect(db) as connection:
+        return connection.execute(sql, params).fetchall()
+
+
+# ---------------------------------------------------------------- reading commands
+
+
+def test_stats_counts_live_expired_and_bytes(cache: Path) -> None:
+    stats = as_json(sqlcache("--dir", str(cache), "stats", "--json"))
+    assert stats["entries"] == 6
+    assert (stats["live_entries"], stats["expired_entries"], stats["never_expiring"]) == (5, 1, 1)
+    assert stats["bytes"] == rows(cache / "sqlcache.db", "SELECT sum(size) FROM entries")[0][0]
+    assert stats["tags"] == 6  # market_data, BTC, ETH, SOL, 1m, order_book
+    assert stats["reads_recorded"] == 3
+    assert stats["preload_tasks"] == 0
+
+    text = sqlcache("stats", "--dir", str(cache))  # the location may also follow the command
+    assert text.returncode == 0
+    assert "6 (5 live, 1 expired awaiting purge, 1 never expire)" in text.stdout
+
+
+def test_keys_filters_by_tag_and_pattern_and_limits(cache: Path) -> None:
+    by_tag = as_json(sqlcache("--dir", str(cache), "keys", "--tag", "ETH", "--json"))
+    assert [entry["key"] for entry in by_tag["keys"]] == ["market_data:ETH:1m", "order_book:ETH:depth_20"]
+    btc = as_json(sqlcache("--dir", str(cache), "keys", "--pattern", r"market_data:B", "--json"))["keys"]
+    assert btc[0]["tags"] == ["1m", "BTC", "market_data"] and btc[0]["access_count"] == 3
+    both = as_json(sqlcache("--dir", str(cache), "keys", "--tag", "market_data", "--pattern", ".*:1m$", "--json"))
+    assert [entry["key"] for entry in both["keys"]] == ["market_data:BTC:1m", "market_data:ETH:1m", "market_data:SOL:1m"]
+    assert [entry["expired"] for entry in both["keys"]] == [False, False, True]
+
+    table = sqlcache("--dir", str(cache), "keys", "--limit", "2")
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:3] == ["key", "bytes", "expires"]
+    assert lines[2].startswith("market_data:BTC:1m") and "in 2" in lines[2]  # expires in about 30 s
+    assert lines[-1] == "... and 4 more (raise --limit)"
+
+
+def test_get_shows_each_codec_and_never_unpickles(cache: Path) -> None:
+    entry = as_json(sqlcache("--dir", str(cache), "get", "market_data:BTC:1m", "--json"))
+    assert entry["value"] == {"symbol": "BTC", "candles": CANDLES}
+    assert entry["codec"] == "json" and entry["access_count"] == 3
+
+    text = sqlcache("--dir", str(cache), "get", "market_data:BTC:1m").stdout
+    assert "tags:    1m, BTC, market_data" in text and '"symbol": "BTC"' in text
+
+    raw = as_json(sqlcache("--dir", str(cache), "get", "raw:frame", "--json"))
+    assert base64.b64decode(raw["value_base64"]) == b"\x00\x01frame"
+    assert "<bytes, 7 bytes>" in sqlcache("--dir", str(cache), "get", "raw:frame").stdout
+
+    pickled = sqlcache("--dir", str(cache), "get", "pickled:set")
+    assert pickled.returncode == 0 and re.search(r"<pickle, \d+ bytes>", pickled.stdout)
+    assert as_json(sqlcache("--dir", str(cache), "get", "pickled:set", "--json"))["value"] is None
+
+
+def test_get_exits_1_without_a_live_entry(cache: Path) -> None:
+    assert_clean_failure(sqlcache("--dir", str(cache), "get", "market_data:DOGE:1m"), 1, "no entry for key")
+    expired = sqlcache("--dir", str(cache), "get", "market_data:SOL:1m", "--json")
+    assert_clean_failure(expired, 1, "expired at")
+    assert json.loads(expired.stdout)["expired"] is True  # still shown: it is on disk until purged
+
+
+def test_tags_biggest_first(cache: Path) -> None:
+    tags = as_json(sqlcache("--dir", str(cache), "tags", "--json"))
+    assert tags[0]["tag"] == "ETH" and tags[0]["entries"] == 2
+    assert [tag["bytes"] for tag in tags] == sorted((tag["bytes"] for tag in tags), reverse=True)
+    assert {tag["tag"]: tag["entries"] for tag in tags}["market_data"] == 3
+    assert sqlcache("--dir", str(cache), "tags").stdout.splitlines()[0].split() == ["tag", "entries", "bytes"]
+
+
+async def test_tasks_lists_the_preloaders_table(cache: Path) -> None:
+    def failing() -> None:
+        raise RuntimeError("exchange down")
+
+    async with ResourcePool(CacheManager({"disk_cache_dir": cache})) as pool:
+        pool.register_preload_task("btc", lambda: {"price": 1}, 60, cache_key="market_data:BTC:price")
+        pool.register_preload_task("eth", failing, 30)
+        assert await pool.run_preload_task_now("btc")
+        assert not await pool.run_preload_task_now("eth")
+
+    tasks = {task["name"]: task for task in as_json(sqlcache("--dir", str(cache), "tasks", "--json"))}
+    assert (tasks["btc"]["run_count"], tasks["btc"]["error_count"]) == (1, 0)
+    assert tasks["eth"]["error_count"] == 1 and "exchange down" in tasks["eth"]["last_error"]
+    table = sqlcache("--dir", str(cache), "tasks").stdout.splitlines()
+    assert table[0].split()[:3] == ["name", "enabled", "interval"]
+    assert table[3].startswith("eth") and "exchange down" in table[3]
+
+
+def test_tasks_on_a_database_from_before_the_preloader(cache: Path) -> None:
+    with sqlite3.connect(cache / "sqlcache.db") as connection:
+        connection.executescript("DROP VIEW preload_tasks; DROP TABLE preload_task_state; PRAGMA user_version = 1;")
+    result = sqlcache("--dir", str(cache), "tasks", "--json")
+    assert result.returncode == 0 and json.loads(result.stdout) == []
+    assert "has no preload_tasks table (schema version 1)" in result.stderr
+
+
+# ---------------------------------------------------------------- commands that change the cache
+
+
+async def test_invalidate_by_tag_reaches_another_process(cache: Path) -> None:
+    async with CacheManager({"disk_cache_dir": cache, "sync_interval": 0.01}) as agent:
+        assert await agent.get("order_book:ETH:depth_20") == BIG_BOOK  # now in its memory tier
+
+        declined = sqlcache("--dir", str(cache), "invalidate", "--tag", "ETH", stdin="n\n")
+        assert_clean_failure(declined, 1, "nothing removed")
+        assert "Remove 2 entries tagged 'ETH' (2 live)" in declined.stderr
+        assert_clean_failure(sqlcache("--dir", str(cache), "invalidate", "--tag", "ETH"), 1, "nothing removed")
+        assert await agent.get("order_book:ETH:depth_20") == BIG_BOOK
+
+        done = sqlcache("--dir", str(cache), "invalidate", "--tag", "ETH", stdin="y\n")
+        assert done.returncode == 0 and done.stdout.strip() == "removed 2 live entries tagged 'ETH'"
+        # The agent's memory tier learns of it from the invalidation log, the subprocess having
+        # taken far longer than the agent's sync_interval.
+        assert await agent.get("order_book:ETH:depth_20") is None
+    assert rows(cache / "sqlcache.db", "SELECT key FROM entries WHERE key LIKE '%ETH%'") == []
+
+
+def test_invalidate_by_pattern_with_yes(cache: Path) -> None:
+    result = as_json(sqlcache("--dir", str(cache), "invalidate", "--pattern", "market_data:.*:1m", "--yes", "--json"))
+    assert result == {"removed": 2, "tag": None, "pattern": "market_data:.*:1m"}  # the expired SOL is not live
+    left = rows(cache / "sqlcache.db", "SELECT key FROM entries ORDER BY key")
+    assert left == [("order_book:ETH:depth_20",), ("pickled:set",), ("raw:frame",)]
+    assert rows(cache / "sqlcache.db", "SELECT kind, arg FROM invalidations ORDER BY seq DESC LIMIT 1") == [
+        ("pattern", "market_data:.*:1m")
+    ]
+
+
+def test_purge_removes_only_expired_entries(cache: Path) -> None:
+    db = cache / "sqlcache.db"
+    result = as_json(sqlcache("--dir", str(cache), "purge", "--json"))
+    assert (result["purged"], result["entries"]) == (1, 5)
+    assert result["bytes"] == rows(db, "SELECT sum(size) FROM entries")[0][0]
+    assert rows(db, "SELECT key FROM entries WHERE key = ?", ("market_data:SOL:1m",)) == []
+    again = sqlcache("--dir", str(cache), "purge")
+    assert again.returncode == 0 and again.stdout.startswith("purged 0 expired entries; 5 entries (")
+
+
+def test_vacuum_keeps_every_entry(cache: Path) -> None:
+    sqlcache("--dir", str(cache), "invalidate", "--tag", "order_book", "--yes")
+    result = as_json(sqlcache("--dir", str(cache), "vacuum", "--json"))
+    assert result["bytes_after"] <= result["bytes_before"]
+    assert len(rows(cache / "sqlcache.db", "SELECT key FROM entries")) == 5
+    assert sqlcache("--dir", str(cache), "check").returncode == 0
+
+
+def test_check_passes_then_finds_broken_counters(cache: Path) -> None:
+    healthy = sqlcache("--dir", str(cache), "check")
+    assert healthy.returncode == 0 and healthy.stdout.rstrip().endswith("all checks passed")
+    with sqlite3.connect(cache / "sqlcache.db") as connection:
+        connection.execute("UPDATE counters SET bytes = bytes + 7")
+    broken = sqlcache("--dir", str(cache), "check", "--json")
+    assert broken.returncode == 1
+    report = json.loads(broken.stdout)
+    assert report["ok"] is False
+    assert [check["check"] for check in report["checks"] if not check["ok"]] == ["counters match entries"]
+
+
+# ---------------------------------------------------------------- sql
+
+
+def test_sql_reads_with_json_and_regexp(cache: Path) -> None:
+    result = as_json(sqlcache("--dir", str(cache), "sql",
+                              "SELECT key, json_extract(value_json, '$.symbol') AS symbol FROM cache_entries "
+                              "WHERE key REGEXP 'market_data:(BTC|ETH)' ORDER BY key", "--json"))
+    assert result == [{"key": "market_data:BTC:1m", "symbol": "BTC"}, {"key": "market_data:ETH:1m", "symbol": "ETH"}]
+    text = sqlcache("--dir", str(cache), "sql", "SELECT count(*) AS n FROM cache_entries").stdout.splitlines()
+    assert [line.strip() for line in text] == ["n", "-", "6"]
+
+
+def test_sql_refuses_writes_and_changes_nothing(cache: Path) -> None:
+    db = cache / "sqlcache.db"
+    before = digest(db)
+    refused = sqlcache("--db", str(db), "sql", "DELETE FROM entries")
+    assert_clean_failure(refused, 4, "read-only")
+    assert "nothing was changed" in refused.stderr
+    attach = sqlcache("--db", str(db), "sql", f"ATTACH '{cache / 'other.db'}' AS other")
+    assert_clean_failure(attach, 4, "read-only")
+    assert not (cache / "other.db").exists()
+    assert_clean_failure(sqlcache("--db", str(db), "sql", "SELEC 1"), 4, "syntax error")
+    assert digest(db) == before
+    assert rows(db, "SELECT count(*) FROM entries") == [(6,)]
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_missing_file_is_a_clear_message_and_is_not_created(tmp_path: Path) -> None:
+    for command in (["stats"], ["keys"], ["sql", "SELECT 1"], ["purge"], ["invalidate", "--tag", "x", "--yes"]):
+        result = sqlcache("--dir", str(tmp_path / "nowhere"), *command)
+        assert_clean_failure(result, 3, f"no cache database at {tmp_path / 'nowhere' / 'sqlcache.db'}")
+    assert not (tmp_path / "nowhere").exists()
+    assert_clean_failure(sqlcache("stats", cwd=tmp_path), 3, "no cache database at cache/sqlcache.db")
+
+
+def test_bad_arguments_exit_2(cache: Path, tmp_path: Path) -> None:
+    assert_clean_failure(sqlcache(), 2, "usage: sqlcache")
+    assert_clean_failure(sqlcache("--dir", str(cache), "frobnicate"), 2, "invalid choice: 'frobnicate'")
+    assert_clean_failure(sqlcache("--dir", str(cache), "keys", "--pattern", "("), 2, "invalid --pattern '('")
+    assert_clean_failure(sqlcache("--dir", str(cache), "keys", "--limit", "0"), 2, "expected a whole number >= 1")
+    assert_clean_failure(sqlcache("--dir", str(cache), "invalidate"), 2, "one of the arguments --tag --pattern is required")
+    assert_clean_failure(sqlcache("--dir", str(cache), "--db", str(cache / "sqlcache.db"), "stats"), 2, "not both")
+    not_a_db = tmp_path / "notes.db"
+    not_a_db.write_text("hello")
+    assert_clean_failure(sqlcache("--db", str(not_a_db), "stats"), 3, "is not a readable SQLite database")
+
+
+def test_console_script_is_declared_and_help_works() -> None:
+    scripts = {entry.name: entry.value for entry in entry_points(group="console_scripts")}
+    assert scripts.get("sqlcache") == "sqlcache._cli:main"
+    result = sqlcache("--help")
+    assert result.returncode == 0
+    for command in ("stats", "keys", "get", "tags", "invalidate", "purge", "vacuum", "tasks", "check", "sql", "demo"):
+        assert command in result.stdout
+
+
+# ---------------------------------------------------------------- the README's queries
+
+
+def readme_queries() -> dict[str, str]:
+    """The titled SQL blocks of the README's "Schema and debugging queries" section."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Schema and debugging queries", 1)[1].split("\n## ", 1)[0]
+    return dict(re.findall(r"\*\*(.+?)\*\*\n\n```sql\n(.*?)```", section, re.DOTALL))
+
+
+def expect_expiring_soon(result: list[dict]) -> None:
+    assert [row["key"] for row in result] == ["market_data:BTC:1m"]
+
+
+def expect_biggest(result: list[dict]) -> None:
+    assert result[0]["key"] == "order_book:ETH:depth_20"
+    assert [row["size"] for row in result] == sorted((row["size"] for row in result), reverse=True)
+
+
+def expect_tag_bytes(result: list[dict]) -> None:
+    assert [row["tag"] for row in result[:2]] == ["ETH", "order_book"]
+
+
+def expect_failing_tasks(result: list[dict]) -> None:
+    assert [(row["name"], row["error_count"]) for row in result] == [("eth", 1)]
+    assert "exchange down" in result[0]["last_error"]
+
+
+def expect_hottest(result: list[dict]) -> None:
+    assert (result[0]["key"], result[0]["access_count"], result[0]["expired"]) == ("market_data:BTC:1m", 3, 0)
+
+
+def expect_last_close(result: list[dict]) -> None:
+    assert result == [{"key": "market_data:BTC:1m", "last_close": CANDLES[-1][4]},
+                      {"key": "market_data:ETH:1m", "last_close": CANDLES[1][4]}]
+
+
+def expect_expired(result: list[dict]) -> None:
+    assert result[0]["expired_entries"] == 1 and result[0]["bytes"] > 0
+
+
+EXPECTATIONS = {
+    "What expires in the next minute": expect_expiring_soon,
+    "Biggest entries": expect_biggest,
+    "Which tags hold most bytes": expect_tag_bytes,
+    "Which preload tasks fail": expect_failing_tasks,
+    "Hottest keys, and whether they are still live": expect_hottest,
+    "Looking inside values: the last close of each cached market-data series": expect_last_close,
+    "Expired entries still on disk (removed by the background purge, or by `sqlcache purge`)": expect_expired,
+}
+
+
+def test_every_readme_query_is_checked() -> None:
+    assert set(readme_queries()) == set(EXPECTATIONS)
+
+
+@pytest.fixture
+async def debugged_cache(cache: Path) -> Path:
+    def failing() -> None:
+        raise RuntimeError("exchange down")
+
+    async with ResourcePool(CacheManager({"disk_cache_dir": cache})) as pool:
+        pool.register_preload_task("btc", lambda: {"price": 1}, 60)
+        pool.register_preload_task("eth", failing, 60)
+        await pool.run_preload_task_now("btc")
+        await pool.run_preload_task_now("eth")
+    return cache
+
+
+@pytest.mark.parametrize("title", sorted(EXPECTATIONS))
+def test_readme_query(debugged_cache: Path, title: str) -> None:
+    uri = (debugged_cache / "sqlcache.db").resolve().as_uri() + "?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as connection:
+        connection.row_factory = sqlite3.Row
+        result = [dict(row) for row in connection.execute(readme_queries()[title])]
+    EXPECTATIONS[title](result)
