@@ -1,0 +1,478 @@
+"""Adapters: every cache behind the same small async interface.
+
+A workload only ever calls `open`, `get`, `set`, `load`, `invalidate_tag`, `invalidate_prefix`,
+`reopen`, `bound_here` and `unbound`, so each peer is measured doing the same thing. Each
+adapter uses its library the way its documentation shows, with its defaults unless the label
+says otherwise; synchronous libraries (diskcache, sqlite3) are called directly from the event
+loop, as they are in practice, and any loop stall that causes is measured like everyone else's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import re
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import data
+from .data import Item
+
+GiB = 1024**3
+UNBOUNDED_BYTES = 64 * GiB
+LOAD_CHUNK = 1_000
+
+
+class Unsupported(Exception):
+    """The peer has no such operation (reported as a note, not as a number)."""
+
+
+class Peer:
+    """One cache under test. Subclasses override what their library offers."""
+
+    family = "peer"
+    requires: tuple[str, ...] = ()
+    """Modules that must be importable for the peer to run."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.directory: Path | None = None
+
+    @classmethod
+    def missing(cls) -> str | None:
+        """Why the peer cannot run here, or None when it can."""
+        absent = [name for name in cls.requires if importlib.util.find_spec(name) is None]
+        return f"not installed: {', '.join(absent)} (pip install -e \".[bench]\")" if absent else None
+
+    async def open(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        await self._open()
+
+    async def _open(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def reopen(self) -> None:
+        """Close and open again on the same data: the state a freshly started process sees."""
+        await self.close()
+        await self._open()
+
+    async def get(self, key: str) -> Any:
+        raise NotImplementedError
+
+    async def set(self, key: str, value: Any, tags: tuple[str, ...] = ()) -> None:
+        raise NotImplementedError
+
+    async def load(self, items: Iterable[Item]) -> None:
+        """Store many entries, untimed, by the fastest public path the library offers."""
+        for item in items:
+            await self.set(*item)
+
+    async def invalidate_tag(self, tag: str) -> int:
+        raise Unsupported("no tags")
+
+    async def invalidate_prefix(self, prefix: str) -> int:
+        raise Unsupported("no prefix invalidation")
+
+    async def bound_here(self) -> None:
+        """From now on hold no more than is held now (byte-bounded peers); entry-bounded peers
+        are bounded when built."""
+
+    async def unbound(self) -> None:
+        """Lift a bound set by `bound_here`."""
+
+
+# ---------------------------------------------------------------------------- sqlcache
+
+
+class SqlcachePeer(Peer):
+    """sqlcache's public API. `memory_max_size=0` turns the memory tier off, so every get is
+    answered by the disk tier (the honest way to time disk hits: no entry is ever promoted)."""
+
+    family = "sqlcache"
+    requires = ("sqlcache",)
+
+    def __init__(
+        self,
+        label: str = "sqlcache",
+        *,
+        memory_max_size: int = 10_000,
+        strategy: str = "lru",
+        default_ttl: float = 0,
+    ):
+        super().__init__(label)
+        self._settings = {
+            "memory_max_size": memory_max_size,
+            "invalidation_strategy": strategy,
+            "default_ttl": default_ttl,
+            "disk_max_size": UNBOUNDED_BYTES,
+        }
+        self._cache: Any = None
+
+    async def _open(self) -> None:
+        from sqlcache import CacheManager
+
+        self._cache = CacheManager({**self._settings, "disk_cache_dir": str(self.directory)})
+        await self._cache.open()
+
+    async def close(self) -> None:
+        await self._cache.close()
+
+    async def get(self, key: str) -> Any:
+        return await self._cache.get(key)
+
+    async def set(self, key: str, value: Any, tags: tuple[str, ...] = ()) -> None:
+        await self._cache.set(key, value, tags=tags)
+
+    async def load(self, items: Iterable[Item]) -> None:
+        """Concurrent public sets, so group commit writes each chunk in one transaction."""
+        for chunk in data.chunks(items, LOAD_CHUNK):
+            await asyncio.gather(*(self._cache.set(key, value, tags=tags) for key, value, tags in chunk))
+
+    async def invalidate_tag(self, tag: str) -> int:
+        return await self._cache.invalidate_by_tag(tag)
+
+    async def invalidate_prefix(self, prefix: str) -> int:
+        return await self._cache.invalidate_by_pattern(re.escape(prefix) + ".*")
+
+    async def bound_here(self) -> None:
+        stats = await self._cache.get_stats()
+        await self._resize(stats["disk_size"])
+
+    async def unbound(self) -> None:
+        await self._resize(UNBOUNDED_BYTES)
+
+    async def _resize(self, max_bytes: int) -> None:
+        self._settings["disk_max_size"] = max_bytes
+        await self.reopen()
+
+
+# ---------------------------------------------------------------------------- diskcache
+
+
+class DiskcachePeer(Peer):
+    """`diskcache.Cache`: SQLite too, one transaction per set, values pickled."""
+
+    family = "diskcache"
+    requires = ("diskcache",)
+
+    def __init__(self, label: str = "diskcache", *, policy: str = "least-recently-stored", tag_index: bool = False):
+        super().__init__(label)
+        self._options: dict[str, Any] = {"eviction_policy": policy, "tag_index": tag_index}
+        self._cache: Any = None
+
+    async def _open(self) -> None:
+        import diskcache
+
+        self._cache = diskcache.Cache(str(self.directory), **self._options)
+
+    async def close(self) -> None:
+        self._cache.close()
+
+    async def get(self, key: str) -> Any:
+        return self._cache.get(key)
+
+    async def set(self, key: str, value: Any, tags: tuple[str, ...] = ()) -> None:
+        self._cache.set(key, value, tag=tags[0] if tags else None)
+
+    async def load(self, items: Iterable[Item]) -> None:
+        """Sets in transactions of a thousand (`Cache.transact`)."""
+        for chunk in data.chunks(items, LOAD_CHUNK):
+            with self._cache.transact():
+                for key, value, tags in chunk:
+                    self._cache.set(key, value, tag=tags[0] if tags else None)
+            await asyncio.sleep(0)
+
+    async def invalidate_tag(self, tag: str) -> int:
+        return self._cache.evict(tag)
+
+    async def invalidate_prefix(self, prefix: str) -> int:
+        """diskcache has no prefix query: what a user does is scan the keys."""
+        doomed = [key for key in self._cache.iterkeys() if key.startswith(prefix)]
+        return sum(self._cache.delete(key) for key in doomed)
+
+    async def bound_here(self) -> None:
+        self._options["size_limit"] = int(self._cache.volume())
+        self._cache.reset("size_limit", self._options["size_limit"])
+
+    async def unbound(self) -> None:
+        self._options["size_limit"] = UNBOUNDED_BYTES
+        self._cache.reset("size_limit", UNBOUNDED_BYTES)
+
+
+# ---------------------------------------------------------------------------- in-memory peers
+
+
+class CachetoolsPeer(Peer):
+    """A bare `cachetools` cache behind an `async def`: the floor of any awaited memory hit."""
+
+    family = "cachetools"
+    requires = ("cachetools",)
+
+    def __init__(self, label: str = "cachetools", *, strategy: str = "lru", maxsize: int = 10_000_000):
+        super().__init__(label)
+        self._strategy = strategy
+        self._maxsize = maxsize
+        self._cache: Any = None
+
+    async def _open(self) -> None:
+        import cachetools
+
+        kinds = {"lru": cachetools.LRUCache, "lfu": cachetools.LFUCache, "fifo": cachetools.FIFOCache}
+        if self._cache is None:  # memory only: a reopen keeps the contents, like a live process
+            self._cache = kinds[self._strategy](self._maxsize)
+
+    async def close(self) -> None:
+        pass
+
+    async def get(self, key: str) -> Any:
+        return self._cache.get(key)
+
+    async def set(self, key: str, value: Any, tags: tuple[str, ...] = ()) -> None:
+        self._cache[key] = value
+
+    async def invalidate_prefix(self, prefix: str) -> int:
+        doomed = [key for key in self._cache if key.startswith(prefix)]
+        for key in doomed:
+            del self._cache[key]
+        return len(doomed)
+
+
+class CashewsPeer(Peer):
+    """cashews with its `mem://` or `disk://` backend; tags are registered as key templates."""
+
+    family = "cashews"
+    requires = ("cashews",)
+
+    def __init__(self, label: str, *, backend: str, size: int = 10_000_000):
+        super().__init__(label)
+        self._backend = backend
+        self._size = size
+        self._cache: Any = None
+        self._tags: set[str] = set()
+
+    def _url(self) -> str:
+        if self._backend == "mem":
+            return f"mem://?size={self._size}"
+        return f"disk://?directory={self.directory}&shards=0"  # sharded: delete_match fails
+
+    async def _open(self) -> None:
+        from cashews import Cache
+
+        if self._cache is not None and self._backend == "mem":
+            return  # memory only: a reopen keeps the contents
+        self._cache = Cache()
+        self._cache.setup(self._url())
+        for tag in self._tags:
+            self._cache.register_tag(tag, data.key_template(tag))
+
+    async def close(self) -> None:
+        if self._backend != "mem":
+            await self._cache.close()
+
+    async def get(self, key: str) -> Any:
+        return await self._cache.get(key)
+
+    async def set(self, key: str, value: Any, tags: tuple[str, ...] = ()) -> None:
+        for tag in tags:
+            if tag not in self._tags:
+                self._tags.add(tag)
+                self._cache.register_tag(tag, data.key_template(tag))
+        await self._cache.set(key, value, tags=tags)
+
+    async def invalidate_tag(self, tag: str) -> int:
+        await self._cache.delete_tags(tag)
+        return 0  # cashews does not say how many
+
+    async def invalidate_prefix(self, prefix: str) -> int:
+        await self._cache.delete_match(prefix + "*")
+        return 0
+
+
+class AiocachePeer(Peer):
+    """aiocache's `SimpleMemoryCache` with its defaults."""
+
+    family = "aiocache"
+    requires = ("aiocache",)
+
+    def __init__(self, label: str = "aiocache SimpleMemoryCache"):
+        super().__init__(label)
+        self._cache: Any = None
+
+    async def _open(self) -> None:
+        from aiocache import SimpleMemoryCache
+
+        if self._cache is None:
+            self._cache = SimpleMemoryCache()
+
+    async def close(self) -> None:
+        pass
+
+    async def get(self, key: str) -> Any:
+        return await self._cache.get(key)
+
+    async def set(self, key: str, value: Any, tags: tuple[str, ...] = ()) -> None:
+        await self._cache.set(key, value)
+
+
+# ---------------------------------------------------------------------------- redis
+
+
+class RedisPeer(Peer):
+    """redis.asyncio against a local redis-server; values as orjson, tags as Redis sets."""
+
+    family = "redis"
+    requires = ("redis", "orjson")
+    address: tuple[str, int] | None = None
+    """Set by the harness once it has started a server (see `redis_server`)."""
+
+    def __init__(self, label: str = "redis (redis.asyncio, AOF everysec)"):
+        super().__init__(label)
+        self._client: Any = None
+
+    @classmethod
+    def missing(cls) -> str | None:
+        return super().missing() or (None if cls.address else "no redis-server running (see the note below)")
+
+    async def open(self, directory: Path) -> None:
+        await super().open(directory)
+        await self._client.flushdb()
+
+    async def _open(self) -> None:
+        import redis.asyncio
+
+        assert self.address is not None
+        host, port = self.address
+        self._client = redis.asyncio.Redis(host=host, port=port)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def get(self, key: str) -> Any:
+        import orjson
+
+        raw = await self._client.get(key)
+        return None if raw is None else orjson.loads(raw)
+
+    async def set(self, key: str, value: Any, tags: tuple[str, ...] = ()) -> None:
+        import orjson
+
+        if not tags:
+            await self._client.set(key, orjson.dumps(value))
+            return
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.set(key, orjson.dumps(value))
+            for tag in tags:
+                pipe.sadd(f"tag:{tag}", key)
+            await pipe.execute()
+
+    async def load(self, items: Iterable[Item]) -> None:
+        import orjson
+
+        for chunk in data.chunks(items, LOAD_CHUNK):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, value, tags in chunk:
+                    pipe.set(key, orjson.dumps(value))
+                    for tag in tags:
+                        pipe.sadd(f"tag:{tag}", key)
+                await pipe.execute()
+
+    async def invalidate_tag(self, tag: str) -> int:
+        members = await self._client.smembers(f"tag:{tag}")
+        async with self._client.pipeline(transaction=True) as pipe:
+            if members:
+                pipe.unlink(*members)
+            pipe.unlink(f"tag:{tag}")
+            results = await pipe.execute()
+        return results[0] if members else 0
+
+    async def invalidate_prefix(self, prefix: str) -> int:
+        doomed = [key async for key in self._client.scan_iter(match=prefix + "*", count=1_000)]
+        return await self._client.unlink(*doomed) if doomed else 0
+
+
+# ---------------------------------------------------------------------------- floors
+
+
+_FLOOR_SCHEMA = "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL)"
+_FLOOR_GET = "SELECT value FROM kv WHERE key = ?"
+_FLOOR_PUT = "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)"
+
+
+class SqliteFloor(Peer):
+    """Floor: one stdlib `sqlite3` point read (or autocommitted upsert) of raw bytes, no decoding,
+    WAL and synchronous=NORMAL like sqlcache. No cache does less."""
+
+    family = "sqlite3"
+    requires = ("orjson",)
+
+    def __init__(self, label: str = "floor: stdlib sqlite3"):
+        super().__init__(label)
+        self._db: sqlite3.Connection | None = None
+
+    async def _open(self) -> None:
+        self._db = sqlite3.connect(self.directory / "floor.db", isolation_level=None)
+        for statement in ("PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", _FLOOR_SCHEMA):
+            self._db.execute(statement)
+
+    async def close(self) -> None:
+        self._db.close()
+
+    async def get(self, key: str) -> Any:
+        row = self._db.execute(_FLOOR_GET, (key,)).fetchone()
+        return None if row is None else row[0]
+
+    async def set(self, key: str, value: Any, tags: tuple[str, ...] = ()) -> None:
+        import orjson
+
+        self._db.execute(_FLOOR_PUT, (key, orjson.dumps(value)))
+
+    async def load(self, items: Iterable[Item]) -> None:
+        import orjson
+
+        for chunk in data.chunks(items, LOAD_CHUNK):
+            self._db.execute("BEGIN")
+            self._db.executemany(_FLOOR_PUT, [(key, orjson.dumps(value)) for key, value, _ in chunk])
+            self._db.execute("COMMIT")
+
+
+class AiosqliteFloor(Peer):
+    """Floor: one raw aiosqlite round trip (the thread hop every async SQLite cache pays)."""
+
+    family = "aiosqlite"
+    requires = ("aiosqlite", "orjson")
+
+    def __init__(self, label: str = "floor: raw aiosqlite"):
+        super().__init__(label)
+        self._db: Any = None
+
+    async def _open(self) -> None:
+        import aiosqlite
+
+        self._db = await aiosqlite.connect(self.directory / "floor.db", isolation_level=None)
+        for statement in ("PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", _FLOOR_SCHEMA):
+            await self._db.execute(statement)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def get(self, key: str) -> Any:
+        rows = await self._db.execute_fetchall(_FLOOR_GET, (key,))
+        return rows[0][0] if rows else None
+
+    async def set(self, key: str, value: Any, tags: tuple[str, ...] = ()) -> None:
+        import orjson
+
+        await self._db.execute(_FLOOR_PUT, (key, orjson.dumps(value)))
+
+    async def load(self, items: Iterable[Item]) -> None:
+        import orjson
+
+        for chunk in data.chunks(items, LOAD_CHUNK):
+            await self._db.execute("BEGIN")
+            await self._db.executemany(_FLOOR_PUT, [(key, orjson.dumps(value)) for key, value, _ in chunk])
+            await self._db.execute("COMMIT")

@@ -1,0 +1,319 @@
+"""The workloads: plain functions over the `Peer` interface, recording rows in a `Context`.
+
+Each workload builds its list of peers (the same shape for everyone), loads the same entries
+into each, and times the same operations on the same keys. Disk workloads reopen each peer
+after loading, so every peer starts from what a freshly started process would see.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from . import data, measure
+from .context import Context
+from .peers import (
+    AiocachePeer,
+    AiosqliteFloor,
+    CashewsPeer,
+    CachetoolsPeer,
+    DiskcachePeer,
+    Peer,
+    RedisPeer,
+    SqlcachePeer,
+    SqliteFloor,
+    Unsupported,
+)
+
+# Labels the targets refer to.
+SQLCACHE_MEMORY = "sqlcache (memory tier)"
+SQLCACHE_DISK = "sqlcache (disk tier: memory_max_size=0)"
+SQLCACHE_SET = "sqlcache (durable set, level ALL)"
+SQLCACHE = "sqlcache"
+CACHETOOLS = "cachetools LRUCache (awaited bare get)"
+CASHEWS_MEM = "cashews mem://"
+CASHEWS_DISK = "cashews disk:// (shards=0)"
+AIOCACHE = "aiocache SimpleMemoryCache"
+DISKCACHE = "diskcache (default policy)"
+DISKCACHE_TAGS = "diskcache (default policy, tag_index)"
+AIOSQLITE = "floor: raw aiosqlite"
+
+WRITE_SHARE = 0.1  # of the Zipf mix's operations
+
+
+def strategy_label(strategy: str) -> str:
+    return f"sqlcache {strategy.upper()} (disk tier)"
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    title: str
+    description: str
+    run: Callable[[Context], Awaitable[None]] | None
+    """None: measured by the workload before it (rows for both come from one setup)."""
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _keys(count: int, population: int, seed: int = 7) -> list[str]:
+    return [data.key(i) for i in data.random_indices(count, population, seed)]
+
+
+async def _check_hit(peer: Peer, key: str) -> None:
+    """Refuse to time 'hits' that are misses."""
+    if await peer.get(key) is None:
+        raise RuntimeError(f"{peer.label}: {key} is not stored, the hit workload would time misses")
+
+
+async def _time_gets(peer: Peer, keys: list[str], concurrency: int = 1) -> measure.Stats:
+    await _check_hit(peer, keys[0])
+    return await measure.run(lambda i: peer.get(keys[i]), len(keys), concurrency)
+
+
+async def _time_sets(peer: Peer, keys: list[str], concurrency: int = 1) -> measure.Stats:
+    value = data.value(1)
+    return await measure.run(lambda i: peer.set(keys[i], value), len(keys), concurrency)
+
+
+def _callers(concurrency: int) -> str:
+    return "1 caller" if concurrency == 1 else f"{concurrency} callers"
+
+
+# ---------------------------------------------------------------------------- hits and sets
+
+
+async def memory_hit(ctx: Context) -> None:
+    peers = [
+        SqlcachePeer(SQLCACHE_MEMORY),
+        CachetoolsPeer(CACHETOOLS),
+        CashewsPeer(CASHEWS_MEM, backend="mem"),
+        AiocachePeer(AIOCACHE),
+        RedisPeer(),
+    ]
+    keys = _keys(ctx.scale.ops, ctx.scale.keys)
+    for peer in ctx.usable(peers):
+        async with ctx.opened(peer, "memory_hit"):
+            await peer.load(data.items(0, ctx.scale.keys))
+            ctx.record("memory_hit", peer, "get", await _time_gets(peer, keys))
+
+
+def _disk_peers() -> list[Peer]:
+    return [
+        SqlcachePeer(SQLCACHE_DISK, memory_max_size=0),
+        DiskcachePeer(DISKCACHE),
+        DiskcachePeer("diskcache LRU", policy="least-recently-used"),
+        CashewsPeer(CASHEWS_DISK, backend="disk"),
+        RedisPeer(),
+        SqliteFloor(),
+        AiosqliteFloor(),
+    ]
+
+
+async def disk_hit(ctx: Context, concurrency: int) -> None:
+    name = "disk_hit" if concurrency == 1 else f"disk_hit_{concurrency}"
+    keys = _keys(ctx.scale.ops, ctx.scale.keys)
+    for peer in ctx.usable(_disk_peers()):
+        async with ctx.opened(peer, name):
+            await peer.load(data.items(0, ctx.scale.keys))
+            await peer.reopen()
+            ctx.record(name, peer, f"get ({_callers(concurrency)})", await _time_gets(peer, keys, concurrency))
+
+
+async def durable_set(ctx: Context, concurrency: int) -> None:
+    name = "set" if concurrency == 1 else f"set_{concurrency}"
+    peers = [SqlcachePeer(SQLCACHE_SET)] + _disk_peers()[1:]
+    keys = _keys(ctx.scale.write_ops, ctx.scale.keys, seed=9)
+    for peer in ctx.usable(peers):
+        async with ctx.opened(peer, name):
+            await peer.load(data.items(0, ctx.scale.keys))
+            await peer.reopen()
+            ctx.record(name, peer, f"set ({_callers(concurrency)})", await _time_sets(peer, keys, concurrency))
+
+
+async def strategy_hit(ctx: Context) -> None:
+    peers: list[Peer] = [SqlcachePeer(strategy_label(s), memory_max_size=0, strategy=s) for s in ("fifo", "lru", "lfu")]
+    peers += [
+        DiskcachePeer(DISKCACHE),
+        DiskcachePeer("diskcache LRU", policy="least-recently-used"),
+        DiskcachePeer("diskcache LFU", policy="least-frequently-used"),
+    ]
+    keys = _keys(ctx.scale.ops, ctx.scale.keys)
+    for peer in ctx.usable(peers):
+        async with ctx.opened(peer, "strategy_hit"):
+            await peer.load(data.items(0, ctx.scale.keys))
+            await peer.reopen()
+            ctx.record("strategy_hit", peer, "get (1 caller)", await _time_gets(peer, keys))
+
+
+# ---------------------------------------------------------------------------- invalidation
+
+
+async def _time_invalidation(ctx: Context, peer: Peer, kind: str, first_group: int) -> None:
+    """Invalidate `rounds` groups of 1,000 one after another, restoring each, untimed, after."""
+    rounds = ctx.scale.invalidation_rounds
+    removed: list[int] = []
+
+    async def act(round_: int) -> None:
+        group = first_group + round_
+        if kind == "tag":
+            removed.append(await peer.invalidate_tag(data.tag(group)))
+        else:
+            removed.append(await peer.invalidate_prefix(data.prefix(group)))
+
+    async def restore(round_: int) -> None:
+        group = first_group + round_
+        await peer.load(data.items(group * data.GROUP_SIZE, (group + 1) * data.GROUP_SIZE))
+
+    name = f"{kind}_invalidation"
+    op = f"invalidate {kind} ({data.GROUP_SIZE:,} of {ctx.scale.invalidation_total:,})"
+    try:
+        stats = await measure.run_each(act, rounds, restore)
+    except Unsupported as missing:
+        ctx.record(name, peer, op, None, note=str(missing))
+        return
+    ctx.record(name, peer, op, stats, removed=removed[0] or None)
+
+
+async def invalidation(ctx: Context) -> None:
+    """Tag, then prefix-pattern invalidation of whole groups among `invalidation_total` entries."""
+    peers = [
+        SqlcachePeer(SQLCACHE),
+        DiskcachePeer(DISKCACHE_TAGS, tag_index=True),
+        CashewsPeer(CASHEWS_MEM, backend="mem"),
+        CashewsPeer(CASHEWS_DISK, backend="disk"),
+        RedisPeer("redis (tag sets / SCAN MATCH + UNLINK)"),
+        CachetoolsPeer("cachetools LRUCache (key scan)"),
+    ]
+    rounds = ctx.scale.invalidation_rounds
+    for peer in ctx.usable(peers):
+        async with ctx.opened(peer, "tag_invalidation"):
+            await peer.load(data.items(0, ctx.scale.invalidation_total))
+            await peer.reopen()
+            await _time_invalidation(ctx, peer, "tag", first_group=0)
+            await _time_invalidation(ctx, peer, "prefix", first_group=rounds)
+
+
+# ---------------------------------------------------------------------------- Zipf mix
+
+
+class _ZipfMix:
+    """Cache-aside traffic: reads (a miss stores the value) and updates, keys Zipf-distributed."""
+
+    def __init__(self, ctx: Context):
+        scale = ctx.scale
+        self.keys = [data.key(i) for i in range(scale.zipf_keys)]
+        self.values = [data.value(i) for i in range(scale.zipf_keys)]
+        self.draws = data.Zipf(scale.zipf_keys).draw(scale.zipf_ops)
+        rng = random.Random(5)
+        self.writes = [rng.random() < WRITE_SHARE for _ in range(scale.zipf_ops)]
+        self.reads = self.hits = 0
+
+    async def op(self, peer: Peer, i: int) -> None:
+        index = self.draws[i]
+        if self.writes[i]:
+            await peer.set(self.keys[index], self.values[index])
+            return
+        self.reads += 1
+        if await peer.get(self.keys[index]) is None:
+            await peer.set(self.keys[index], self.values[index])
+        else:
+            self.hits += 1
+
+    async def warm_then_time(self, peer: Peer) -> measure.Stats:
+        half = len(self.draws) // 2
+        for i in range(half):
+            await self.op(peer, i)
+        self.reads = self.hits = 0
+        return await measure.run(lambda i: self.op(peer, half + i), len(self.draws) - half)
+
+
+async def zipf_mix(ctx: Context) -> None:
+    capacity = ctx.scale.zipf_capacity
+    peers: list[Peer] = [
+        SqlcachePeer(f"sqlcache {s.upper()}", memory_max_size=capacity // 4, strategy=s, default_ttl=3600 if s == "ttl" else 0)
+        for s in ("lru", "lfu", "fifo", "ttl")
+    ]
+    peers += [CachetoolsPeer(f"cachetools {s.upper()}Cache", strategy=s, maxsize=capacity) for s in ("lru", "lfu", "fifo")]
+    peers += [
+        DiskcachePeer(DISKCACHE),
+        DiskcachePeer("diskcache LRU", policy="least-recently-used"),
+        DiskcachePeer("diskcache LFU", policy="least-frequently-used"),
+        CashewsPeer(CASHEWS_MEM, backend="mem", size=capacity),
+    ]
+    for peer in ctx.usable(peers):
+        mix = _ZipfMix(ctx)
+        async with ctx.opened(peer, "zipf_mix"):
+            await peer.load(data.items(0, capacity, namespace="filler"))
+            await peer.bound_here()
+            stats = await mix.warm_then_time(peer)
+            hit_rate = mix.hits / mix.reads if mix.reads else 0.0
+            ctx.record("zipf_mix", peer, "mixed op (90% get, 10% set)", stats, hit_rate=hit_rate)
+
+
+# ---------------------------------------------------------------------------- growth
+
+
+async def _grow_step(ctx: Context, peer: Peer, size: int) -> None:
+    """Time get, tag invalidation and set-with-eviction with `size` entries stored."""
+    ops = ctx.scale.growth_ops
+    at = f"@ {size:,}"
+    ctx.record("growth", peer, f"get {at}", await _time_gets(peer, _keys(ops, size, seed=size)), entries=size)
+
+    async def act(round_: int) -> None:
+        await peer.invalidate_tag(data.tag(round_))
+
+    async def restore(round_: int) -> None:
+        await peer.load(data.items(round_ * data.GROUP_SIZE, (round_ + 1) * data.GROUP_SIZE))
+
+    stats = await measure.run_each(act, ctx.scale.invalidation_rounds, restore)
+    ctx.record("growth", peer, f"invalidate tag (1,000) {at}", stats, entries=size)
+
+    await peer.bound_here()
+    fresh = [item.key for item in data.items(size, size + ops, namespace="evicting")]
+    ctx.record("growth", peer, f"set+evict {at}", await _time_sets(peer, fresh), entries=size)
+    await peer.unbound()
+
+
+async def growth(ctx: Context) -> None:
+    peers = [SqlcachePeer(SQLCACHE_DISK, memory_max_size=0), DiskcachePeer(DISKCACHE_TAGS, tag_index=True)]
+    for peer in ctx.usable(peers):
+        async with ctx.opened(peer, "growth"):
+            stored = 0
+            for size in ctx.scale.growth_sizes:
+                await peer.load(data.items(stored, size))
+                stored = size
+                await peer.reopen()
+                await _grow_step(ctx, peer, size)
+
+
+WORKLOADS = [
+    Workload("memory_hit", "Memory-tier hit", "await get of a key the memory tier holds; 1 caller.", memory_hit),
+    Workload("disk_hit", "Disk-tier hit, 1 caller",
+             "sqlcache with memory_max_size=0: every get is a disk read (nothing is promoted). "
+             "Each peer reopened after loading (fresh-process state).", functools.partial(disk_hit, concurrency=1)),
+    Workload("disk_hit_64", "Disk-tier hit, 64 concurrent callers",
+             "As above, 64 tasks reading at once; ops/s is the aggregate.", functools.partial(disk_hit, concurrency=64)),
+    Workload("set", "Durable set, 1 caller",
+             "Upsert of a stored key; each set returns once committed (SQLite WAL, synchronous=NORMAL).",
+             functools.partial(durable_set, concurrency=1)),
+    Workload("set_64", "Durable set, 64 concurrent writers",
+             "64 tasks setting at once; each returns only after its own write committed.",
+             functools.partial(durable_set, concurrency=64)),
+    Workload("strategy_hit", "Disk hit under FIFO, LRU and LFU",
+             "Disk-tier hits (memory off) per eviction strategy: what recording access statistics costs.", strategy_hit),
+    Workload("tag_invalidation", "Tag invalidation",
+             "Remove the 1,000 entries carrying one tag; the cache holds the total shown. Median of rounds.", invalidation),
+    Workload("prefix_invalidation", "Prefix-pattern invalidation",
+             "Remove the 1,000 keys matching `market_data:SYM000.*` (sqlcache regex; peers' prefix or glob API).",
+             None),
+    Workload("zipf_mix", "Zipf read/write mix, bounded cache",
+             "Cache-aside traffic over a Zipf(1.1) keyspace; the cache holds 10% of the keys "
+             "(sqlcache: disk bound = that many entries' bytes, memory tier a quarter of it).", zipf_mix),
+    Workload("growth", "Growth", "Cost of get, tag invalidation of 1,000 and set-with-eviction as entries grow; "
+             "sqlcache disk tier (memory off).", growth),
+]
+"""In report order."""
