@@ -465,7 +465,7 @@ class CachePreloader:
         table = await self._tasks_table()
         rows = await table.stats(self._tasks)
         now = self._clock()
-        task_stats = {name: _task_stats(rows[name], now) for name in self._tasks if name in rows}
+        task_stats = {name: _task_stats(rows[name], task, now) for name, task in self._tasks.items() if name in rows}
         return {
             "tasks": len(self._tasks),
             "running_tasks": sum(stats["running"] for stats in task_stats.values()),
@@ -533,8 +533,9 @@ async def _outcome(run: asyncio.Task[bool | None]) -> bool | None:
     return False if run.cancelled() else run.result()
 
 
-def _task_stats(row: dict[str, Any], now: float) -> dict[str, Any]:
+def _task_stats(row: dict[str, Any], task: PreloadTask, now: float) -> dict[str, Any]:
     stats = dict(row)
+    stats["interval"] = task.interval  # as this process registered it: 60, not SQLite's 60.0
     stats["enabled"] = bool(row["enabled"])
     stats["tags"] = orjson.loads(row["tags"])
     stats["running"] = row["lease_until"] is not None and row["lease_until"] > now
@@ -548,9 +549,10 @@ def _describe(error: Exception, timeout: float) -> str:
 
 
 def _seconds(name: str, value: Any) -> float:
+    """`value` unchanged (an int stays an int, as the user wrote it) if it is a number of seconds >= 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
         raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
-    return float(value)
+    return value
 
 
 def _positive_seconds(name: str, value: Any) -> float:
