@@ -474,6 +474,8 @@ async def test_stop_cancels_a_loader_past_its_grace_and_leaves_the_database_cons
     await resource_pool.start_cache_preloader()
     await entered.wait()
     assert (await resource_pool.get_preloader_stats())["running_tasks"] == 1
+    running = table_rows(cache_dir, "SELECT name, running_in FROM preload_tasks WHERE running_in IS NOT NULL")
+    assert running == [("stuck", resource_pool.cache_preloader.owner)]
 
     await resource_pool.stop_cache_preloader()
 
