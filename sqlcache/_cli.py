@@ -121,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     sql.add_argument("statement", metavar="SQL", help='for example "SELECT key, size FROM cache_entries"')
     demo = command("demo", run_demo, "run agents and the preloader against a local market-data server", False)
     demo.add_argument("--duration", type=_positive_float, default=20.0, help="seconds the agents run (default 20)")
-    demo.add_argument("--agents", type=_positive_int, default=4, help="number of agents (default 4)")
+    demo.add_argument("--agents", type=_positive_int, default=6, help="number of agents (default 6)")
     return parser
 
 
@@ -717,4 +717,8 @@ def run_demo(args: argparse.Namespace) -> int:
         raise CliError("the demo writes a fresh cache directory: give --dir DIR, not --db", EXIT_USAGE)
     from ._demo import run
 
-    return run(Path(getattr(args, "dir", None) or "sqlcache-demo"), duration=args.duration, agents=args.agents)
+    directory = Path(getattr(args, "dir", None) or "sqlcache-demo")
+    try:
+        return run(directory, duration=args.duration, agents=args.agents)
+    except (CacheError, OSError) as error:
+        raise CliError(f"the demo cannot use {directory}: {error}", EXIT_DATABASE) from None
