@@ -14,7 +14,9 @@ from ._exceptions import (
     StorageError,
 )
 from ._manager import CacheManager
+from ._pool import ResourcePool, RetryPolicy, TransportFailure
 from ._preloader import CachePreloader, PreloadError
+from ._ratelimit import RateLimit
 
 __all__ = [
     "CacheBusyError",
@@ -28,7 +30,11 @@ __all__ = [
     "Durability",
     "InvalidationStrategy",
     "PreloadError",
+    "RateLimit",
+    "ResourcePool",
+    "RetryPolicy",
     "SchemaVersionError",
     "StorageError",
+    "TransportFailure",
 ]
 __version__ = "0.1.0"

@@ -153,15 +153,15 @@ class _SharedClient:
     client; the replaced one is closed once the requests still using it have finished.
     """
 
-    def __init__(self, make: Callable[[int], httpx.AsyncClient]) -> None:
+    def __init__(self, make: Callable[[int | None], httpx.AsyncClient]) -> None:
         self._make = make
         self._current: httpx.AsyncClient | None = None
-        self._size = 0
+        self._size: int | None = None
         self._users: dict[httpx.AsyncClient, int] = {}
 
     @contextlib.asynccontextmanager
-    async def lease(self, size: int) -> AsyncIterator[httpx.AsyncClient]:
-        """The client for `size` connections, kept open while the caller uses it."""
+    async def lease(self, size: int | None) -> AsyncIterator[httpx.AsyncClient]:
+        """The client for `size` connections (None: the transport's own), open while in use."""
         if self._current is None or size != self._size:
             replaced = self._current
             self._current, self._size = self._make(size), size
@@ -207,8 +207,10 @@ class ResourcePool:
     since replaced.
 
     `rate_limits` maps an api_name to a `RateLimit` (or a plain requests-per-second number) and may
-    also be changed later; requests made without an api_name count as `"default"`. `monotonic`
-    and `sleep` time the rate limits, backoff and latency figures; tests inject fakes.
+    also be changed later; requests made without an api_name count as `"default"`.
+    `client_options` go to `httpx.AsyncClient` (headers, auth, verify, proxy, ...); with a
+    `transport` among them, that transport's own connection limits apply, not `http_pool_size`.
+    `monotonic` and `sleep` time the rate limits, backoff and latency figures; tests inject fakes.
     """
 
     def __init__(
@@ -338,7 +340,7 @@ class ResourcePool:
             started = self._monotonic()
             outcome: httpx.Response | Exception
             try:
-                async with self._http.lease(self.http_pool_size) as client:
+                async with self._http.lease(self._connection_limit()) as client:
                     outcome = await client.request(method, url, **kwargs)
             except _TRANSIENT_ERRORS as error:
                 outcome = error
@@ -405,9 +407,15 @@ class ResourcePool:
             stats.errors += 1
         return outcome.status_code, _body(outcome)
 
-    def _make_client(self, size: int) -> httpx.AsyncClient:
-        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
-        return httpx.AsyncClient(limits=limits, timeout=self._timeout, **self._client_options)
+    def _connection_limit(self) -> int | None:
+        """`http_pool_size`, or None when a custom transport brings its own connection pool."""
+        return None if "transport" in self._client_options else self.http_pool_size
+
+    def _make_client(self, size: int | None) -> httpx.AsyncClient:
+        options: dict[str, Any] = {"timeout": self._timeout, **self._client_options}
+        if size is not None:
+            options["limits"] = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+        return httpx.AsyncClient(**options)
 
     # ------------------------------------------------------------------ stats
 
