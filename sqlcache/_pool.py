@@ -97,9 +97,8 @@ class RetryPolicy:
         if isinstance(outcome, Exception):
             return backoff if repeatable or isinstance(outcome, _NEVER_SENT) else None
         status = outcome.status_code
-        if status == 429:
-            pass
-        elif not (500 <= status < 600 and status not in (501, 505) and repeatable):
+        transient_5xx = 500 <= status < 600 and status not in (501, 505)
+        if not (status == 429 or (transient_5xx and repeatable)):
             return None
         retry_after = _retry_after(outcome)
         if retry_after is None:
