@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import shutil
 import sys
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,7 @@ class Context:
         A peer that fails is reported in a row of `workload` (with the error) and the run goes on.
         """
         directory = self.scratch / f"{next(self._serial):03d}-{peer.family}"
+        started = time.monotonic()
         try:
             await peer.open(directory)
             try:
@@ -105,6 +107,7 @@ class Context:
             self.record(workload, peer, "(failed)", None, note=f"failed: {type(error).__name__}: {error}")
         finally:
             shutil.rmtree(directory, ignore_errors=True)
+            print(f"[benchmarks]   {peer.label}: {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
 
     def record(self, workload: str, peer: Peer, op: str, stats: Stats | None, note: str = "", **extra: Any) -> None:
         self.rows.append(Row(workload, peer.label, peer.family, op, stats, note, extra))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .context import Row
+from .measure import Stats
 from .targets import STALL_LIMIT_MS, Outcome
 from .workloads import Workload
 
@@ -53,13 +54,18 @@ def _notes(row: Row) -> str:
     return "; ".join(parts)
 
 
+def _stall(stats: Stats) -> str:
+    shown = f"{stats.stall_ms:.2f} ms"
+    return shown + (f" ({stats.preempted_stall_ms:.1f})" if stats.preempted_stall_ms > stats.stall_ms else "")
+
+
 def _row_line(rows: Sequence[Row], row: Row) -> str:
     stats = row.stats
     if stats is None:
         cells = [row.peer, row.op, "—", "—", "—", "—", "—", _notes(row)]
     else:
         cells = [row.peer, row.op, duration(stats.median_ns), duration(stats.p99_ns), rate(stats.ops_per_s),
-                 f"{stats.stall_ms:.2f} ms", _speedup(rows, row), _notes(row)]
+                 _stall(stats), _speedup(rows, row), _notes(row)]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -69,7 +75,7 @@ def workload_table(rows: Sequence[Row], workload: Workload) -> list[str]:
     if not mine:
         return lines + ["Not run.", ""]
     lines += [
-        "| peer | operation | median | p99 | ops/s | longest loop stall | sqlcache faster by | notes |",
+        "| peer | operation | median | p99 | ops/s | longest loop stall (preempted) | sqlcache faster by | notes |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     lines += [_row_line(rows, row) for row in mine]
@@ -87,9 +93,10 @@ def targets_table(outcomes: Sequence[Outcome]) -> list[str]:
 def stall_table(rows: Sequence[Row], workloads: Sequence[Workload]) -> list[str]:
     """The longest stall sqlcache caused in each workload, beside the worst peer's."""
     lines = [
-        f"### Event-loop blocking (`event_loop_stall`)", "",
+        "### Event-loop blocking (`event_loop_stall`)", "",
         "Longest lateness of a 1 ms heartbeat task during each workload's timed operations "
-        f"(target: sqlcache never above {STALL_LIMIT_MS:g} ms).", "",
+        f"(target: sqlcache never above {STALL_LIMIT_MS:g} ms). Beats during which the OS preempted the "
+        "loop's thread (other load on the machine) are left out here and shown in brackets in the tables.", "",
         "| workload | sqlcache | worst peer |", "| --- | ---: | --- |",
     ]
     for workload in workloads:
