@@ -34,6 +34,8 @@ logger = logging.getLogger("sqlcache")
 
 LEASE_MARGIN = 5.0
 """Seconds a lease outlives its run's timeout: how late a task runs after its process died."""
+MAX_JITTER = 5.0
+"""Most seconds of jitter, however long the interval: enough to spread processes and tasks."""
 MAX_BACKOFF_EXPONENT = 30  # 2**30 intervals is past any max_backoff; keeps the float finite
 ERROR_TEXT_LIMIT = 500  # characters of an error message kept in last_error
 
@@ -238,10 +240,10 @@ class CachePreloader:
     construction) and, for `preload_market_data`, `http_request`. The clock is the manager's,
     so tests that move a fake clock move the schedule. Knobs, also plain attributes:
     `sleep` (the coroutine the scheduler waits with; tests inject one that follows the fake
-    clock), `jitter` (each wait is lengthened by up to this fraction of the interval, so
-    processes and tasks do not fire in lockstep), `max_backoff` (longest wait after failures,
-    in seconds, unless the interval is longer) and `stop_grace` (seconds `stop` lets a running
-    loader finish before cancelling it).
+    clock), `jitter` (each wait is lengthened by up to this fraction of the interval, at most
+    `MAX_JITTER` seconds, so processes and tasks do not fire in lockstep), `max_backoff`
+    (longest wait after failures, in seconds, unless the interval is longer) and `stop_grace`
+    (seconds `stop` lets a running loader finish before cancelling it).
     """
 
     def __init__(
@@ -252,7 +254,6 @@ class CachePreloader:
         jitter: float = 0.1,
         max_backoff: float = 600.0,
         stop_grace: float = 5.0,
-        rng: random.Random | None = None,
     ):
         self.resource_pool = resource_pool
         self.sleep = sleep
@@ -260,7 +261,7 @@ class CachePreloader:
         self.max_backoff = max_backoff
         self.stop_grace = stop_grace
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._rng = rng or random.Random()
+        self._rng = random.Random()
         self._tasks: dict[str, PreloadTask] = {}
         self._unsaved: set[str] = set()  # registered since the table last saw them
         self._loops: dict[str, asyncio.Task[None]] = {}
@@ -415,7 +416,7 @@ class CachePreloader:
             except Exception as error:  # a locked or failing database: try again an interval later
                 logger.warning("sqlcache: preload task %r not scheduled: %s", name, error)
                 delay = self._tasks[name].interval
-            await self.sleep(delay + self._rng.uniform(0, self.jitter * self._tasks[name].interval))
+            await self.sleep(delay + self._rng.uniform(0, min(self.jitter * self._tasks[name].interval, MAX_JITTER)))
 
     async def _run_if_due(self, name: str) -> float:
         """Run the task if it is due and free; the seconds until it may be due again."""
@@ -543,7 +544,9 @@ def _task_stats(row: dict[str, Any], task: PreloadTask, now: float) -> dict[str,
 
 
 def _describe(error: Exception, timeout: float) -> str:
-    if isinstance(error, asyncio.TimeoutError):
+    """The text kept in last_error. `wait_for` raises its timeout from the cancellation it
+    caused, which tells it from a TimeoutError the loader raised itself."""
+    if isinstance(error, asyncio.TimeoutError) and isinstance(error.__cause__, asyncio.CancelledError):
         return f"timed out after {timeout:g}s"
     return f"{type(error).__name__}: {error}"[:ERROR_TEXT_LIMIT]
 
