@@ -328,6 +328,9 @@ class CacheManager:
         return await asyncio.shield(flight)
 
     async def _load(self, key: str, loader: Callable[[], Any], ttl: Any, level: Any, tags: Any) -> Any:
+        entry = self._memory.get(key, self._clock())  # a load that just finished may have filled it
+        if entry is not None:
+            return entry.value
         value = loader()
         if inspect.isawaitable(value):
             value = await value

@@ -274,9 +274,13 @@ class SQLiteStore:
         self._last_seq = await self._scalar(self._reader, READ_LAST_SEQ)
 
     async def _connect(self, isolation_level: str | None) -> aiosqlite.Connection:
-        connection = await aiosqlite.connect(
+        connection = aiosqlite.connect(
             self.path, timeout=self._busy_timeout, isolation_level=isolation_level, cached_statements=64
         )
+        # A daemon thread, so a program that forgets close() still exits; SQLite treats a
+        # transaction cut short at exit like a crash: rolled back, committed data intact.
+        getattr(connection, "_thread", connection).daemon = True
+        await connection
         await connection.execute_fetchall(f"PRAGMA synchronous = {self._durability.value.upper()}")
         await connection.create_function("regexp", 2, _regexp, deterministic=True)
         return connection

@@ -46,6 +46,10 @@ class Request:
 Responder = Callable[[Request], Response]
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # bursts of concurrent connections are what the tests make
+
+
 class LoopbackServer:
     """`server.script("/path", Response.json(...), ...)`, then request `server.url("/path")`."""
 
@@ -53,9 +57,9 @@ class LoopbackServer:
         self.requests: list[Request] = []
         self._scripts: dict[str, list[Response | Responder]] = {}
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd = _Server(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def base_url(self) -> str:
