@@ -8,7 +8,11 @@ A heartbeat task wakes every millisecond while a measurement runs and records ho
 woke: that lateness is how long something held the event loop. On a shared machine the OS
 also preempts the process now and then; a beat during which the loop's thread was switched
 out involuntarily (`ru_nivcsw` of `RUSAGE_THREAD` moved) is counted apart, so `stall_ms` is
-what the code under test held the loop for and `preempted_stall_ms` the longest of the rest. Callers yield to the loop every
+what the code under test held the loop for and `preempted_stall_ms` the longest of the rest.
+
+Before each timed part the heap is collected and frozen (`gc.freeze`): the keys and values the
+harness prepared are then never rescanned, so a garbage collection inside the timed part costs
+what the code under test allocated, not what the harness holds. Callers yield to the loop every
 `YIELD_EVERY` operations, as any real program does between requests, so an operation that
 never suspends (a memory hit, a blocking diskcache call) shows as a stall of a few
 operations, while one that blocks for milliseconds shows as exactly that.
@@ -17,11 +21,13 @@ operations, while one that blocks for milliseconds shows as exactly that.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import resource
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable, Iterator, Sequence
 
 YIELD_EVERY = 16
 HEARTBEAT_S = 0.001
@@ -42,12 +48,14 @@ class Stats:
     stall_ms: float
     concurrency: int = 1
     preempted_stall_ms: float = 0.0
+    mixed: bool = False
+    """The operations differ (a read/write mix): their median says little, wall time per op says it."""
 
     @property
     def cost_ns(self) -> float:
-        """Time per operation as a caller sees it: the median alone, or wall time per op when
-        many callers share the loop (their latencies overlap)."""
-        return self.median_ns if self.concurrency == 1 else 1e9 / self.ops_per_s
+        """Time per operation: the median for one caller doing one kind of operation; wall time
+        per operation when many callers share the loop (their latencies overlap) or ops are mixed."""
+        return self.median_ns if self.concurrency == 1 and not self.mixed else 1e9 / self.ops_per_s
 
 
 def percentile(sorted_values: Sequence[int], fraction: float) -> float:
@@ -58,7 +66,9 @@ def percentile(sorted_values: Sequence[int], fraction: float) -> float:
     return float(sorted_values[rank])
 
 
-def summarise(latencies: list[int], wall_ns: int, monitor: "StallMonitor", concurrency: int = 1) -> Stats:
+def summarise(
+    latencies: list[int], wall_ns: int, monitor: "StallMonitor", concurrency: int = 1, mixed: bool = False
+) -> Stats:
     latencies.sort()
     return Stats(
         count=len(latencies),
@@ -68,6 +78,7 @@ def summarise(latencies: list[int], wall_ns: int, monitor: "StallMonitor", concu
         stall_ms=monitor.longest_ms,
         concurrency=concurrency,
         preempted_stall_ms=monitor.longest_preempted_ms,
+        mixed=mixed,
     )
 
 
@@ -129,17 +140,31 @@ async def _caller(op: Operation, indices: range, latencies: list[int]) -> None:
             await asyncio.sleep(0)
 
 
-async def run(op: Operation, count: int, concurrency: int = 1) -> Stats:
-    """Perform `op(0)` .. `op(count - 1)` from `concurrency` callers, splitting the indices."""
+@contextlib.contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Collect, then freeze every object alive now, for the duration of a timed part."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+async def run(op: Operation, count: int, concurrency: int = 1, mixed: bool = False) -> Stats:
+    """Perform `op(0)` .. `op(count - 1)` from `concurrency` callers, splitting the indices;
+    `mixed`: the operations are of several kinds (see `Stats.cost_ns`)."""
     latencies: list[int] = []
-    async with StallMonitor() as monitor:
-        start = time.perf_counter_ns()
-        if concurrency == 1:
-            await _caller(op, range(count), latencies)
-        else:
-            await asyncio.gather(*(_caller(op, range(w, count, concurrency), latencies) for w in range(concurrency)))
-        wall = time.perf_counter_ns() - start
-    return summarise(latencies, wall, monitor, concurrency)
+    with frozen_heap():
+        async with StallMonitor() as monitor:
+            start = time.perf_counter_ns()
+            if concurrency == 1:
+                await _caller(op, range(count), latencies)
+            else:
+                callers = (_caller(op, range(w, count, concurrency), latencies) for w in range(concurrency))
+                await asyncio.gather(*callers)
+            wall = time.perf_counter_ns() - start
+    return summarise(latencies, wall, monitor, concurrency, mixed)
 
 
 async def run_each(act: Operation, rounds: int, restore: Operation | None = None) -> Stats:
@@ -151,10 +176,11 @@ async def run_each(act: Operation, rounds: int, restore: Operation | None = None
     latencies: list[int] = []
     overall = StallMonitor()
     for round_ in range(rounds):
-        async with StallMonitor() as monitor:
-            start = time.perf_counter_ns()
-            await act(round_)
-            latencies.append(time.perf_counter_ns() - start)
+        with frozen_heap():
+            async with StallMonitor() as monitor:
+                start = time.perf_counter_ns()
+                await act(round_)
+                latencies.append(time.perf_counter_ns() - start)
         overall.merge(monitor)
         if restore is not None:
             await restore(round_)

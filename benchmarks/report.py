@@ -121,8 +121,8 @@ def markdown(meta: dict[str, Any], rows: Sequence[Row], outcomes: Sequence[Outco
         f"Versions: {meta['versions']}.",
         "",
         "Median and p99 are of single operations; ops/s is operations over wall time (all callers). "
-        "\"sqlcache faster by\" is this row's time per operation over sqlcache's (median for one caller, "
-        "wall time per operation for 64): above 1× sqlcache is faster.",
+        "\"sqlcache faster by\" is this row's time per operation over sqlcache's (the median for one caller; "
+        "wall time per operation for 64 callers and for the Zipf mix): above 1× sqlcache is faster.",
         "",
         "### Targets",
         "",

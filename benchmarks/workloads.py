@@ -227,7 +227,7 @@ class _ZipfMix:
         for i in range(half):
             await self.op(peer, i)
         self.reads = self.hits = 0
-        return await measure.run(lambda i: self.op(peer, half + i), len(self.draws) - half)
+        return await measure.run(lambda i: self.op(peer, half + i), len(self.draws) - half, mixed=True)
 
 
 async def zipf_mix(ctx: Context) -> None:
