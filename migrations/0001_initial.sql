@@ -10,7 +10,7 @@ CREATE TABLE entries (
     id          INTEGER PRIMARY KEY,
     key         TEXT    NOT NULL UNIQUE,      -- its index also serves prefix ranges (patterns)
     value       BLOB    NOT NULL,
-    codec       INTEGER NOT NULL,             -- 0 JSON, 1 bytes, 2 pickle
+    codec       INTEGER NOT NULL,             -- 0 JSON, 1 bytes, 2 pickle, 3 JSON with NaN/big ints
     size        INTEGER NOT NULL,             -- bytes of key and value, what disk_max_size bounds
     tags        TEXT    NOT NULL DEFAULT '[]', -- JSON array, the source of the tags table
     created_at  REAL    NOT NULL,             -- time of the latest set (FIFO order)
@@ -79,8 +79,8 @@ SELECT e.key,
        strftime('%Y-%m-%dT%H:%M:%fZ', e.expires_at, 'unixepoch') AS expires_at,
        strftime('%Y-%m-%dT%H:%M:%fZ', a.accessed_at, 'unixepoch') AS accessed_at,
        a.access_count,
-       CASE e.codec WHEN 0 THEN CAST(e.value AS TEXT) END AS value_json,
-       CASE e.codec WHEN 0 THEN 'json' WHEN 1 THEN 'bytes' WHEN 2 THEN 'pickle' END AS codec,
+       CASE WHEN e.codec IN (0, 3) THEN CAST(e.value AS TEXT) END AS value_json,
+       CASE e.codec WHEN 0 THEN 'json' WHEN 1 THEN 'bytes' WHEN 2 THEN 'pickle' WHEN 3 THEN 'json' END AS codec,
        e.expires_at IS NOT NULL AND e.expires_at <= (julianday('now') - 2440587.5) * 86400.0 AS expired
 FROM entries AS e
 LEFT JOIN access AS a ON a.entry_id = e.id;

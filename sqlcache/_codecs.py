@@ -16,7 +16,6 @@ from __future__ import annotations
 import enum
 import json
 import pickle
-import re
 from typing import Any
 
 import orjson
@@ -28,6 +27,7 @@ class Codec(enum.IntEnum):
     JSON = 0
     BYTES = 1
     PICKLE = 2
+    PYTHON_JSON = 3  # JSON only Python's parser reads exactly: NaN, infinities, big integers
 
 
 class UnreadableValueError(Exception):
@@ -35,7 +35,6 @@ class UnreadableValueError(Exception):
 
 
 _STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
-_LONG_NUMBER = re.compile(rb"\d{19}")  # may be an integer orjson would read back as a float
 
 
 def encode(value: Any, allow_pickle: bool) -> tuple[bytes, Codec]:
@@ -43,7 +42,7 @@ def encode(value: Any, allow_pickle: bool) -> tuple[bytes, Codec]:
     if type(value) is bytes:
         return value, Codec.BYTES
     try:
-        return _encode_json(value), Codec.JSON
+        return _encode_json(value)
     except TypeError as error:
         if allow_pickle:
             return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), Codec.PICKLE
@@ -53,7 +52,7 @@ def encode(value: Any, allow_pickle: bool) -> tuple[bytes, Codec]:
         ) from None
 
 
-def _encode_json(value: Any) -> bytes:
+def _encode_json(value: Any) -> tuple[bytes, Codec]:
     try:
         data = orjson.dumps(value, option=_STRICT)
     except orjson.JSONEncodeError as error:
@@ -63,22 +62,20 @@ def _encode_json(value: Any) -> bytes:
     if b"null" in data:
         # orjson writes NaN and infinities as null; Python's json keeps them exactly
         # (as NaN / Infinity literals), so re-encode whenever a null could be one of them.
-        return _python_json(value)
-    return data
+        python_data, codec = _python_json(value)
+        return (data, Codec.JSON) if python_data == data else (python_data, codec)
+    return data, Codec.JSON
 
 
-def _python_json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+def _python_json(value: Any) -> tuple[bytes, Codec]:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(), Codec.PYTHON_JSON
 
 
 def decode(data: bytes, codec: int, allow_pickle: bool) -> Any:
     """Return the value stored as `data` with `codec`."""
     if codec == Codec.JSON:
-        if _LONG_NUMBER.search(data) is None:
-            try:
-                return orjson.loads(data)
-            except orjson.JSONDecodeError:
-                pass  # NaN / Infinity literals, written by Python's json
+        return orjson.loads(data)
+    if codec == Codec.PYTHON_JSON:
         return json.loads(data)
     if codec == Codec.BYTES:
         return bytes(data)
