@@ -620,7 +620,7 @@ def _render_tasks(rows: Sequence[Mapping[str, Any]]) -> str:
 
 # ---------------------------------------------------------------- check
 
-# Each returns the number of rows that break the invariant named by its key.
+# Each counts what breaks the invariant named by its key (rows, or mismatched counters).
 CHECKS = {
     "counters match entries": """
         SELECT (SELECT entries FROM counters WHERE id = 1) <> (SELECT count(*) FROM entries)
@@ -662,7 +662,8 @@ def _schema_version(db: sqlite3.Connection) -> dict[str, Any]:
 
 def _invariant(db: sqlite3.Connection, name: str, sql: str) -> dict[str, Any]:
     broken = db.execute(sql).fetchone()[0]
-    return {"check": name, "ok": not broken, "detail": "ok" if not broken else f"{broken} rows disagree"}
+    detail = "ok" if not broken else _count(broken, "inconsistency", "inconsistencies")
+    return {"check": name, "ok": not broken, "detail": detail}
 
 
 def _render_check(data: Mapping[str, Any]) -> str:
