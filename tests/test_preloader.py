@@ -112,6 +112,27 @@ def counting_loader(calls: list[float], clock, value="fresh"):
     return load
 
 
+class GatedLoader:
+    """A loader that says when it has started and finishes only when the test opens its gate."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+        self.calls = 0
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+        self.cancelled = False
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        self.entered.set()
+        try:
+            await self.gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        return self.value
+
+
 def table_rows(cache_dir: Path, sql: str, params=()) -> list[tuple]:
     """Read the database as a person debugging it would: plain sqlite3, read-only."""
     with sqlite3.connect(f"file:{cache_dir / 'sqlcache.db'}?mode=ro", uri=True) as db:
@@ -259,18 +280,10 @@ async def test_disabled_tasks_do_not_run_until_enabled(resource_pool, sleep, clo
 
 
 async def test_a_task_never_overlaps_itself_in_this_process_or_another(resource_pool, cache_dir, clock, sleep):
-    gate, entered = asyncio.Event(), asyncio.Event()
-    calls: list[float] = []
-
-    async def slow_loader():
-        calls.append(clock())
-        entered.set()
-        await gate.wait()
-        return "slow value"
-
+    slow_loader = GatedLoader("slow value")
     resource_pool.register_preload_task("slow", slow_loader, 10, cache_key="slow")
     await resource_pool.start_cache_preloader()
-    await entered.wait()
+    await slow_loader.entered.wait()
 
     # While the scheduled run is in flight: run-now callers join it, and time passing does not
     # start a second run.
@@ -284,9 +297,9 @@ async def test_a_task_never_overlaps_itself_in_this_process_or_another(resource_
         assert await other.run_preload_task_now("slow") is False
         assert (await other.get_preloader_stats())["running_tasks"] == 1
 
-        gate.set()
+        slow_loader.gate.set()
         assert await asyncio.gather(*joiners) == [True, True, True]
-        assert (len(calls), other_calls) == (1, [])
+        assert (slow_loader.calls, other_calls) == (1, [])
         assert (await other.get_preloader_stats())["task_stats"]["slow"]["run_count"] == 1
         assert await other.cache_get("slow") == "slow value"
     finally:
@@ -457,29 +470,20 @@ async def test_two_processes_sharing_a_task_run_it_once_per_interval_in_all(cach
 
 
 async def test_stop_cancels_a_loader_past_its_grace_and_leaves_the_database_consistent(resource_pool, cache_dir, clock):
-    entered, cancelled = asyncio.Event(), asyncio.Event()
-
-    async def stuck():
-        entered.set()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-
+    stuck = GatedLoader("never stored")  # its gate never opens
     await resource_pool.cache_set("stuck", "old value", ttl=600)
     resource_pool.register_preload_task("stuck", stuck, 10, cache_key="stuck")
     resource_pool.register_preload_task("waiting", counting_loader([], clock), 10, cache_key="waiting", enabled=False)
     resource_pool.cache_preloader.stop_grace = 0.05
     await resource_pool.start_cache_preloader()
-    await entered.wait()
+    await stuck.entered.wait()
     assert (await resource_pool.get_preloader_stats())["running_tasks"] == 1
     running = table_rows(cache_dir, "SELECT name, running_in FROM preload_tasks WHERE running_in IS NOT NULL")
     assert running == [("stuck", resource_pool.cache_preloader.owner)]
 
     await resource_pool.stop_cache_preloader()
 
-    assert cancelled.is_set()
+    assert stuck.cancelled
     assert not [task for task in asyncio.all_tasks() if task.get_name().startswith("preload:")]
     stats = await resource_pool.get_preloader_stats()
     assert (stats["running_tasks"], stats["started"], stats["task_stats"]["stuck"]["run_count"]) == (0, False, 0)
@@ -492,25 +496,20 @@ async def test_stop_cancels_a_loader_past_its_grace_and_leaves_the_database_cons
 
 
 async def test_stop_lets_a_loader_mid_flight_finish_within_its_grace(resource_pool, cache_dir):
-    gate, entered = asyncio.Event(), asyncio.Event()
-
-    async def finishing():
-        entered.set()
-        await gate.wait()
-        return "landed"
-
+    finishing = GatedLoader("landed")
     resource_pool.register_preload_task("finishing", finishing, 10, cache_key="finishing")
     await resource_pool.start_cache_preloader()
-    await entered.wait()
+    await finishing.entered.wait()
 
     stopping = asyncio.create_task(resource_pool.stop_cache_preloader())
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(asyncio.shield(stopping), 0.05)  # stop waits for the loader...
-    gate.set()
+    finishing.gate.set()
     await stopping  # ...which then completes its run
 
     assert await resource_pool.cache_get("finishing") == "landed"
     assert table_rows(cache_dir, "SELECT run_count, error_count, running_in FROM preload_tasks") == [(1, 0, None)]
+    assert not finishing.cancelled
 
 
 def test_register_refuses_bad_arguments(tmp_path):
