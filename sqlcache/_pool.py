@@ -456,11 +456,13 @@ class ResourcePool:
         cache_ttl: float | None = None,
         tags: Iterable[str] | None = None,
         enabled: bool = True,
+        *,
+        timeout: float | None = None,
     ) -> Any:
         """Register a task that the preloader runs every `interval` seconds (see `CachePreloader`)."""
         return self.cache_preloader.register_preload_task(
             name, loader_func, interval, args=args, kwargs=kwargs, cache_key=cache_key,
-            cache_ttl=cache_ttl, tags=tags, enabled=enabled,
+            cache_ttl=cache_ttl, tags=tags, enabled=enabled, timeout=timeout,
         )
 
     async def run_preload_task_now(self, name: str) -> Any:

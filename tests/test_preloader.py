@@ -355,7 +355,7 @@ async def test_a_loader_that_hangs_is_cancelled_at_its_timeout(resource_pool):
     async def hangs():
         await asyncio.Event().wait()
 
-    resource_pool.cache_preloader.register_preload_task("hangs", hangs, 10, cache_key="hangs", timeout=0.05)
+    resource_pool.register_preload_task("hangs", hangs, 10, cache_key="hangs", timeout=0.05)  # through the pool
 
     assert await resource_pool.run_preload_task_now("hangs") is False
 
