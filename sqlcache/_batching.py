@@ -18,10 +18,10 @@ Op = TypeVar("Op")
 class _ReadBatch:
     """Keys read by one query, and whether a write since the query began spoiled them."""
 
-    __slots__ = ("futures", "spoiled", "all_spoiled", "__weakref__")
+    __slots__ = ("waiters", "spoiled", "all_spoiled", "__weakref__")
 
     def __init__(self) -> None:
-        self.futures: dict[str, asyncio.Future[Any]] = {}
+        self.waiters: list[tuple[str, asyncio.Future[Any]]] = []  # one future per caller
         self.spoiled: set[str] = set()
         self.all_spoiled = False
 
@@ -60,10 +60,9 @@ class ReadCoalescer(Generic[Row]):
                 self._finish_flight()
             return rows.get(key), batch.promotable(key)
         batch = self._waiting
-        future = batch.futures.get(key)
-        if future is None:
-            future = batch.futures[key] = asyncio.get_running_loop().create_future()
-        return await asyncio.shield(future), batch.promotable(key)
+        future = asyncio.get_running_loop().create_future()
+        batch.waiters.append((key, future))
+        return await future, batch.promotable(key)
 
     def spoil(self, key: str) -> None:
         for batch in self._live:
@@ -74,7 +73,7 @@ class ReadCoalescer(Generic[Row]):
             batch.all_spoiled = True
 
     def _finish_flight(self) -> None:
-        if self._waiting.futures:
+        if self._waiting.waiters:
             self._in_flight, self._waiting = self._waiting, self._new_batch()
             asyncio.get_running_loop().create_task(self._run(self._in_flight))
         else:
@@ -82,17 +81,17 @@ class ReadCoalescer(Generic[Row]):
 
     async def _run(self, batch: _ReadBatch) -> None:
         try:
-            rows = await self._fetch(list(batch.futures))
+            rows = await self._fetch(list({key: None for key, _ in batch.waiters}))
         except asyncio.CancelledError:
-            for future in batch.futures.values():
+            for _, future in batch.waiters:
                 future.cancel()
             raise
         except Exception as error:
-            for future in batch.futures.values():
-                if not future.done():
+            for _, future in batch.waiters:
+                if not future.done():  # a cancelled caller's future is done
                     future.set_exception(error)
         else:
-            for key, future in batch.futures.items():
+            for key, future in batch.waiters:
                 if not future.done():
                     future.set_result(rows.get(key))
         finally:

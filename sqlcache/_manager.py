@@ -152,7 +152,7 @@ class CacheManager:
         return default if value is _MISSING else value
 
     async def _get_from_disk(self, key: str, now: float) -> Any:
-        if await self._disk() is None:
+        if self._store is None and await self._disk() is None:
             return _MISSING
         _check_key(key)  # a key SQLite cannot bind must not fail the batch it would join
         self._counts["disk_lookups"] += 1
