@@ -385,3 +385,39 @@ async def test_views_give_iso_times_and_access_counts(cm, clock):
     )
     assert created == "2023-11-14T22:13:20.000Z" and expires == "2023-11-14T22:14:20.000Z"
     assert accessed == created and count == 3 and json.loads(value) == {"v": 1}
+
+
+# ---------------------------------------------------------------- concurrent disk reads
+
+
+async def test_concurrent_disk_reads_each_get_their_own_value(cache_dir):
+    async with CacheManager({"disk_cache_dir": str(cache_dir), "memory_max_size": 0}) as manager:
+        for i in range(50):
+            await manager.set(f"k{i}", {"i": i}, level=CacheLevel.DISK)
+        keys = [f"k{i % 60}" for i in range(200)]  # repeats, and ten keys that do not exist
+        got = await asyncio.gather(*(manager.get(key) for key in keys))
+        assert got == [{"i": i % 60} if i % 60 < 50 else None for i in range(200)]
+        assert (await manager.get_stats())["disk_hits"] == sum(1 for i in range(200) if i % 60 < 50)
+
+
+async def test_a_cancelled_reader_does_not_disturb_the_others(cache_dir):
+    async with CacheManager({"disk_cache_dir": str(cache_dir), "memory_max_size": 0}) as manager:
+        await manager.set("k", "v", level=CacheLevel.DISK)
+        readers = [asyncio.ensure_future(manager.get("k")) for _ in range(10)]
+        await asyncio.sleep(0)
+        readers[0].cancel()
+        readers[5].cancel()
+        results = await asyncio.gather(*readers, return_exceptions=True)
+        assert [r for i, r in enumerate(results) if i not in (0, 5)] == ["v"] * 8
+        assert await manager.get("k") == "v"
+
+
+async def test_a_read_overlapping_a_write_is_not_promoted_stale(cache_dir):
+    async with CacheManager({"disk_cache_dir": str(cache_dir)}) as manager:
+        await manager.set("k", "old", level=CacheLevel.DISK)
+        reads = [asyncio.ensure_future(manager.get("k")) for _ in range(5)]
+        await manager.set("k", "new", level=CacheLevel.DISK)
+        await asyncio.gather(*reads)
+        assert await manager.get("k") == "new"
+        await manager.invalidate_by_tag("none")
+        assert await manager.get("k") == "new"
