@@ -79,8 +79,10 @@ class MarketDataServer:
             return 404, {"error": f"unknown or delisted symbol {symbol}"}
         if timeframe not in TIMEFRAMES:
             return 400, {"error": f"timeframe must be one of {', '.join(TIMEFRAMES)}"}
-        limit = min(int(parse_qs(query).get("limit", [CANDLES])[0]), 500)
-        return 200, {"symbol": symbol, "timeframe": timeframe, "candles": candles(symbol, timeframe, limit)}
+        limit = parse_qs(query).get("limit", [str(CANDLES)])[0]
+        if not limit.isdigit() or not 1 <= int(limit) <= 500:
+            return 400, {"error": "limit must be a whole number from 1 to 500"}
+        return 200, {"symbol": symbol, "timeframe": timeframe, "candles": candles(symbol, timeframe, int(limit))}
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -249,12 +251,12 @@ def _register_preload_tasks(pool: ResourcePool, base_url: str) -> None:
 async def _watch(engines: list[ResourcePool], team: list[MarketAgent], server: MarketDataServer,
                  started: float, deadline: float) -> None:
     """A progress line every second; the tag invalidation halfway."""
-    invalidate_at = started + (deadline - started) / 2
+    invalidate_at, invalidated = started + (deadline - started) / 2, False
     next_line = started + 1.0
     while (now := time.monotonic()) < deadline:
         await asyncio.sleep(max(0.0, min(next_line, deadline) - now))
-        if invalidate_at is not None and time.monotonic() >= invalidate_at:
-            invalidate_at = None
+        if not invalidated and time.monotonic() >= invalidate_at:
+            invalidated = True
             removed = await engines[1].cache_invalidate_by_tag(INVALIDATED_TAG)
             print(f"{time.monotonic() - started:5.1f}s  market event: invalidated tag {INVALIDATED_TAG!r} "
                   f"({removed} entries) from engine B; engine A hears of it through the database")
