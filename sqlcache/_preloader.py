@@ -29,6 +29,7 @@ import aiosqlite
 import orjson
 
 from ._manager import CacheManager, _check_key, _tags
+from ._sqlite import connect
 
 logger = logging.getLogger("sqlcache")
 
@@ -165,7 +166,7 @@ class _FileDatabase:
     async def open(cls, manager: CacheManager) -> "_FileDatabase":
         await manager.open()  # creates the file and applies the migrations, ours included
         config = manager.config
-        connection = await aiosqlite.connect(config.db_path, timeout=config.busy_timeout, isolation_level=None)
+        connection = await connect(config.db_path, busy_timeout=config.busy_timeout, isolation_level=None)
         return cls(connection)
 
     async def fetch(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]:

@@ -175,6 +175,15 @@ def _migrations() -> list[tuple[int, str]]:
 LATEST_SCHEMA = _migrations()[-1][0]
 
 
+async def connect(path: Path, *, busy_timeout: float, isolation_level: str | None) -> aiosqlite.Connection:
+    """An aiosqlite connection whose worker is a daemon thread, so a program that forgets
+    `close()` still exits; SQLite treats a transaction cut short at exit like a crash:
+    rolled back, committed data intact."""
+    connection = aiosqlite.connect(path, timeout=busy_timeout, isolation_level=isolation_level, cached_statements=64)
+    getattr(connection, "_thread", connection).daemon = True  # aiosqlite < 0.20 was the Thread
+    return await connection
+
+
 class SQLiteStore:
     """A `Store` on a SQLite file in WAL mode, shared by every process that opens it."""
 
@@ -274,13 +283,7 @@ class SQLiteStore:
         self._last_seq = await self._scalar(self._reader, READ_LAST_SEQ)
 
     async def _connect(self, isolation_level: str | None) -> aiosqlite.Connection:
-        connection = aiosqlite.connect(
-            self.path, timeout=self._busy_timeout, isolation_level=isolation_level, cached_statements=64
-        )
-        # A daemon thread, so a program that forgets close() still exits; SQLite treats a
-        # transaction cut short at exit like a crash: rolled back, committed data intact.
-        getattr(connection, "_thread", connection).daemon = True
-        await connection
+        connection = await connect(self.path, busy_timeout=self._busy_timeout, isolation_level=isolation_level)
         await connection.execute_fetchall(f"PRAGMA synchronous = {self._durability.value.upper()}")
         await connection.create_function("regexp", 2, _regexp, deterministic=True)
         return connection
