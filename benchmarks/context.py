@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import shutil
 import sys
@@ -10,7 +9,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 from .measure import Stats
 from .peers import Peer
@@ -30,6 +29,8 @@ class Scale:
     invalidation_total: int
     """Entries in the cache when an invalidation runs."""
     invalidation_rounds: int
+    rounds: int
+    """Turns in which the peers of a hit or set workload take their share of the operations."""
     zipf_keys: int
     zipf_capacity: int
     zipf_ops: int
@@ -39,13 +40,13 @@ class Scale:
 
 
 SCALES = {
-    "full": Scale("full", ops=20_000, write_ops=4_000, keys=10_000, invalidation_total=100_000, invalidation_rounds=5,
+    "full": Scale("full", ops=20_000, write_ops=4_000, keys=10_000, invalidation_total=100_000, invalidation_rounds=5, rounds=5,
                   zipf_keys=20_000, zipf_capacity=2_000, zipf_ops=40_000,
                   growth_sizes=(10_000, 100_000, 1_000_000), growth_ops=2_000),
-    "quick": Scale("quick", ops=3_000, write_ops=640, keys=2_000, invalidation_total=20_000, invalidation_rounds=3,
+    "quick": Scale("quick", ops=3_000, write_ops=640, keys=2_000, invalidation_total=20_000, invalidation_rounds=3, rounds=3,
                    zipf_keys=5_000, zipf_capacity=500, zipf_ops=8_000,
                    growth_sizes=(10_000, 40_000), growth_ops=500),
-    "smoke": Scale("smoke", ops=128, write_ops=64, keys=200, invalidation_total=2_000, invalidation_rounds=1,
+    "smoke": Scale("smoke", ops=128, write_ops=64, keys=200, invalidation_total=2_000, invalidation_rounds=1, rounds=1,
                    zipf_keys=300, zipf_capacity=60, zipf_ops=400,
                    growth_sizes=(1_000, 2_000), growth_ops=32),
 }
@@ -88,26 +89,44 @@ class Context:
                 self.notes.setdefault(peer.family, f"{peer.family} skipped: {reason}")
         return chosen
 
-    @contextlib.asynccontextmanager
-    async def opened(self, peer: Peer, workload: str) -> AsyncIterator[Peer]:
-        """The peer opened on a fresh directory of its own, closed and removed afterwards.
-
-        A peer that fails is reported in a row of `workload` (with the error) and the run goes on.
-        """
-        directory = self.scratch / f"{next(self._serial):03d}-{peer.family}"
-        started = time.monotonic()
+    async def open(self, peer: Peer, workload: str) -> bool:
+        """Open the peer on a fresh directory of its own; False (and a row saying why) if it fails."""
+        peer.started = time.monotonic()
         try:
-            await peer.open(directory)
+            await peer.open(self.scratch / f"{next(self._serial):03d}-{peer.family}")
+        except Exception as error:
+            self.fail(peer, workload, error)
+            await self.close(peer)
+            return False
+        return True
+
+    async def close(self, peer: Peer) -> None:
+        """Close the peer (quietly if it is broken) and remove its directory."""
+        try:
+            await peer.close()
+        except Exception:  # already reported, or it never opened
+            pass
+        if peer.directory is not None:
+            shutil.rmtree(peer.directory, ignore_errors=True)
+        print(f"[benchmarks]   {peer.label}: {time.monotonic() - peer.started:.1f} s", file=sys.stderr, flush=True)
+
+    def fail(self, peer: Peer, workload: str, error: Exception) -> None:
+        """Report a peer that failed in a row of `workload`: a peer's bug must not sink the run."""
+        traceback.print_exc(file=sys.stderr)
+        self.record(workload, peer, "(failed)", None, note=f"failed: {type(error).__name__}: {error}")
+
+    async def for_each(self, workload: str, peers: Iterable[Peer], body: Callable[[Peer], Awaitable[None]]) -> None:
+        """Run `body(peer)` for each usable peer in turn, each opened on its own directory and
+        closed after; a failure is reported as a row and the next peer goes on."""
+        for peer in self.usable(peers):
+            if not await self.open(peer, workload):
+                continue
             try:
-                yield peer
+                await body(peer)
+            except Exception as error:
+                self.fail(peer, workload, error)
             finally:
-                await peer.close()
-        except Exception as error:  # a peer's bug must not sink the other peers' numbers
-            traceback.print_exc(file=sys.stderr)
-            self.record(workload, peer, "(failed)", None, note=f"failed: {type(error).__name__}: {error}")
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
-            print(f"[benchmarks]   {peer.label}: {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+                await self.close(peer)
 
     def record(self, workload: str, peer: Peer, op: str, stats: Stats | None, note: str = "", **extra: Any) -> None:
         self.rows.append(Row(workload, peer.label, peer.family, op, stats, note, extra))

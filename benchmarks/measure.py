@@ -31,6 +31,7 @@ from typing import Awaitable, Callable, Iterator, Sequence
 
 YIELD_EVERY = 16
 HEARTBEAT_S = 0.001
+STALL_LIMIT_MS = 5.0
 _RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", None)  # Linux
 
 Operation = Callable[[int], Awaitable[object]]
@@ -48,6 +49,9 @@ class Stats:
     stall_ms: float
     concurrency: int = 1
     preempted_stall_ms: float = 0.0
+    beats_over_limit: int = 0
+    """Heartbeats (not preempted) later than `STALL_LIMIT_MS`."""
+    beats: int = 0
     mixed: bool = False
     """The operations differ (a read/write mix): their median says little, wall time per op says it."""
 
@@ -78,6 +82,8 @@ def summarise(
         stall_ms=monitor.longest_ms,
         concurrency=concurrency,
         preempted_stall_ms=monitor.longest_preempted_ms,
+        beats_over_limit=monitor.over_limit,
+        beats=monitor.beats,
         mixed=mixed,
     )
 
@@ -97,11 +103,15 @@ class StallMonitor:
         self.period = period
         self.longest_ms = 0.0
         self.longest_preempted_ms = 0.0
+        self.over_limit = 0
+        self.beats = 0
         self._task: asyncio.Task[None] | None = None
 
     def merge(self, other: "StallMonitor") -> None:
         self.longest_ms = max(self.longest_ms, other.longest_ms)
         self.longest_preempted_ms = max(self.longest_preempted_ms, other.longest_preempted_ms)
+        self.over_limit += other.over_limit
+        self.beats += other.beats
 
     async def __aenter__(self) -> "StallMonitor":
         self._task = asyncio.get_running_loop().create_task(self._beat())
@@ -123,10 +133,12 @@ class StallMonitor:
             start = time.perf_counter_ns()
             await asyncio.sleep(self.period)
             late_ms = (time.perf_counter_ns() - start - period_ns) / 1e6
+            self.beats += 1
             if _involuntary_switches() != switches:
                 self.longest_preempted_ms = max(self.longest_preempted_ms, late_ms)
-            elif late_ms > self.longest_ms:
-                self.longest_ms = late_ms
+                continue
+            self.longest_ms = max(self.longest_ms, late_ms)
+            self.over_limit += late_ms > STALL_LIMIT_MS
 
 
 async def _caller(op: Operation, indices: range, latencies: list[int]) -> None:
@@ -151,20 +163,38 @@ def frozen_heap() -> Iterator[None]:
         gc.unfreeze()
 
 
-async def run(op: Operation, count: int, concurrency: int = 1, mixed: bool = False) -> Stats:
-    """Perform `op(0)` .. `op(count - 1)` from `concurrency` callers, splitting the indices;
-    `mixed`: the operations are of several kinds (see `Stats.cost_ns`)."""
-    latencies: list[int] = []
+class Samples:
+    """Latencies, wall time and stalls gathered over one or more timed parts (rounds)."""
+
+    def __init__(self) -> None:
+        self.latencies: list[int] = []
+        self.wall_ns = 0
+        self.stalls = StallMonitor()
+
+    def stats(self, concurrency: int = 1, mixed: bool = False) -> Stats:
+        return summarise(list(self.latencies), self.wall_ns, self.stalls, concurrency, mixed)
+
+
+async def collect(op: Operation, indices: range, concurrency: int, samples: Samples) -> None:
+    """Perform `op(i)` for `indices` from `concurrency` callers, adding to `samples`."""
     with frozen_heap():
         async with StallMonitor() as monitor:
             start = time.perf_counter_ns()
             if concurrency == 1:
-                await _caller(op, range(count), latencies)
+                await _caller(op, indices, samples.latencies)
             else:
-                callers = (_caller(op, range(w, count, concurrency), latencies) for w in range(concurrency))
-                await asyncio.gather(*callers)
-            wall = time.perf_counter_ns() - start
-    return summarise(latencies, wall, monitor, concurrency, mixed)
+                shares = (indices[w::concurrency] for w in range(concurrency))
+                await asyncio.gather(*(_caller(op, share, samples.latencies) for share in shares))
+            samples.wall_ns += time.perf_counter_ns() - start
+    samples.stalls.merge(monitor)
+
+
+async def run(op: Operation, count: int, concurrency: int = 1, mixed: bool = False) -> Stats:
+    """Perform `op(0)` .. `op(count - 1)` from `concurrency` callers, splitting the indices;
+    `mixed`: the operations are of several kinds (see `Stats.cost_ns`)."""
+    samples = Samples()
+    await collect(op, range(count), concurrency, samples)
+    return samples.stats(concurrency, mixed)
 
 
 async def run_each(act: Operation, rounds: int, restore: Operation | None = None) -> Stats:
@@ -173,15 +203,9 @@ async def run_each(act: Operation, rounds: int, restore: Operation | None = None
 
     The stall is the longest seen while the timed operations ran, not while restoring.
     """
-    latencies: list[int] = []
-    overall = StallMonitor()
+    samples = Samples()
     for round_ in range(rounds):
-        with frozen_heap():
-            async with StallMonitor() as monitor:
-                start = time.perf_counter_ns()
-                await act(round_)
-                latencies.append(time.perf_counter_ns() - start)
-        overall.merge(monitor)
+        await collect(lambda _: act(round_), range(1), 1, samples)
         if restore is not None:
             await restore(round_)
-    return summarise(latencies, sum(latencies), overall)
+    return samples.stats()

@@ -38,6 +38,7 @@ class Peer:
     def __init__(self, label: str):
         self.label = label
         self.directory: Path | None = None
+        self.started = 0.0  # when the harness opened it (for progress lines)
 
     @classmethod
     def missing(cls) -> str | None:

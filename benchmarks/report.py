@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .context import Row
-from .measure import Stats
-from .targets import STALL_LIMIT_MS, Outcome
+from .measure import STALL_LIMIT_MS, Stats
+from .targets import Outcome
 from .workloads import Workload
 
 
@@ -97,17 +97,20 @@ def stall_table(rows: Sequence[Row], workloads: Sequence[Workload]) -> list[str]
         "Longest lateness of a 1 ms heartbeat task during each workload's timed operations "
         f"(target: sqlcache never above {STALL_LIMIT_MS:g} ms). Beats during which the OS preempted the "
         "loop's thread (other load on the machine) are left out here and shown in brackets in the tables.", "",
-        "| workload | sqlcache | worst peer |", "| --- | ---: | --- |",
+        "| workload | sqlcache: longest | sqlcache: beats over the limit | worst peer: longest |",
+        "| --- | ---: | ---: | --- |",
     ]
     for workload in workloads:
         measured = [row for row in rows if row.workload == workload.name and row.stats]
-        mine = [row.stats.stall_ms for row in measured if row.family == "sqlcache"]
+        mine = [row.stats for row in measured if row.family == "sqlcache"]
         others = [row for row in measured if row.family != "sqlcache"]
         if not measured:
             continue
         worst = max(others, key=lambda row: row.stats.stall_ms, default=None)
         peer = f"{worst.stats.stall_ms:.2f} ms ({worst.peer})" if worst else "—"
-        lines.append(f"| {workload.name} | {max(mine):.2f} ms | {peer} |" if mine else f"| {workload.name} | — | {peer} |")
+        longest = f"{max(stats.stall_ms for stats in mine):.2f} ms" if mine else "—"
+        over = f"{sum(s.beats_over_limit for s in mine)} of {sum(s.beats for s in mine):,}" if mine else "—"
+        lines.append(f"| {workload.name} | {longest} | {over} | {peer} |")
     return lines + [""]
 
 

@@ -83,6 +83,63 @@ def _callers(concurrency: int) -> str:
     return "1 caller" if concurrency == 1 else f"{concurrency} callers"
 
 
+Prepare = Callable[[Peer], Awaitable[None]]
+MakeOp = Callable[[Peer], measure.Operation]
+
+
+async def _interleaved(
+    ctx: Context, workload: str, op: str, peers: list[Peer], prepare: Prepare, make_op: MakeOp, count: int,
+    concurrency: int = 1,
+) -> None:
+    """Prepare every peer, then time them in turns: in each of `ctx.scale.rounds` rounds every
+    peer performs its next share of the `count` operations. A burst of noise on a shared
+    machine then lands on all peers alike instead of on whichever ran at that moment."""
+    opened = [peer for peer in ctx.usable(peers) if await ctx.open(peer, workload)]
+    ready = [peer for peer in opened if await _try(ctx, workload, peer, prepare(peer))]
+    samples = {peer: measure.Samples() for peer in ready}
+    share = count // ctx.scale.rounds
+    for round_ in range(ctx.scale.rounds):
+        for peer in list(ready):
+            indices = range(round_ * share, (round_ + 1) * share)
+            if not await _try(ctx, workload, peer, measure.collect(make_op(peer), indices, concurrency, samples[peer])):
+                ready.remove(peer)
+    for peer in ready:
+        ctx.record(workload, peer, op, samples[peer].stats(concurrency))
+    for peer in opened:
+        await ctx.close(peer)
+
+
+async def _try(ctx: Context, workload: str, peer: Peer, step: Awaitable[object]) -> bool:
+    """Await `step`; on an error report the peer as failed in `workload` and say False."""
+    try:
+        await step
+    except Exception as error:
+        ctx.fail(peer, workload, error)
+        return False
+    return True
+
+
+def _loader(count: int, reopen: bool = True, check: str | None = None) -> Prepare:
+    """Load entries 0..count-1, reopen (fresh-process state) and make sure `check` is a hit."""
+
+    async def prepare(peer: Peer) -> None:
+        await peer.load(data.items(0, count))
+        if reopen:
+            await peer.reopen()
+        if check is not None:
+            await _check_hit(peer, check)
+
+    return prepare
+
+
+def _getter(keys: list[str]) -> MakeOp:
+    return lambda peer: (lambda i: peer.get(keys[i]))
+
+
+def _setter(entries: list[data.Item]) -> MakeOp:
+    return lambda peer: (lambda i: peer.set(*entries[i]))
+
+
 # ---------------------------------------------------------------------------- hits and sets
 
 
@@ -95,10 +152,8 @@ async def memory_hit(ctx: Context) -> None:
         RedisPeer(),
     ]
     keys = _keys(ctx.scale.ops, ctx.scale.keys)
-    for peer in ctx.usable(peers):
-        async with ctx.opened(peer, "memory_hit"):
-            await peer.load(data.items(0, ctx.scale.keys))
-            ctx.record("memory_hit", peer, "get", await _time_gets(peer, keys))
+    prepare = _loader(ctx.scale.keys, reopen=False, check=keys[0])
+    await _interleaved(ctx, "memory_hit", "get", peers, prepare, _getter(keys), len(keys))
 
 
 def _disk_peers() -> list[Peer]:
@@ -116,11 +171,9 @@ def _disk_peers() -> list[Peer]:
 async def disk_hit(ctx: Context, concurrency: int) -> None:
     name = "disk_hit" if concurrency == 1 else f"disk_hit_{concurrency}"
     keys = _keys(ctx.scale.ops, ctx.scale.keys)
-    for peer in ctx.usable(_disk_peers()):
-        async with ctx.opened(peer, name):
-            await peer.load(data.items(0, ctx.scale.keys))
-            await peer.reopen()
-            ctx.record(name, peer, f"get ({_callers(concurrency)})", await _time_gets(peer, keys, concurrency))
+    prepare = _loader(ctx.scale.keys, check=keys[0])
+    await _interleaved(ctx, name, f"get ({_callers(concurrency)})", _disk_peers(), prepare, _getter(keys), len(keys),
+                       concurrency)
 
 
 async def durable_set(ctx: Context, concurrency: int) -> None:
@@ -128,11 +181,8 @@ async def durable_set(ctx: Context, concurrency: int) -> None:
     peers = [SqlcachePeer(SQLCACHE_SET)] + _disk_peers()[1:]
     indices = data.random_indices(ctx.scale.write_ops, ctx.scale.keys, seed=9)
     entries = [next(data.items(i, i + 1)) for i in indices]
-    for peer in ctx.usable(peers):
-        async with ctx.opened(peer, name):
-            await peer.load(data.items(0, ctx.scale.keys))
-            await peer.reopen()
-            ctx.record(name, peer, f"set ({_callers(concurrency)})", await _time_sets(peer, entries, concurrency))
+    await _interleaved(ctx, name, f"set ({_callers(concurrency)})", peers, _loader(ctx.scale.keys), _setter(entries),
+                       len(entries), concurrency)
 
 
 async def strategy_hit(ctx: Context) -> None:
@@ -143,11 +193,8 @@ async def strategy_hit(ctx: Context) -> None:
         DiskcachePeer("diskcache LFU", policy="least-frequently-used"),
     ]
     keys = _keys(ctx.scale.ops, ctx.scale.keys)
-    for peer in ctx.usable(peers):
-        async with ctx.opened(peer, "strategy_hit"):
-            await peer.load(data.items(0, ctx.scale.keys))
-            await peer.reopen()
-            ctx.record("strategy_hit", peer, "get (1 caller)", await _time_gets(peer, keys))
+    prepare = _loader(ctx.scale.keys, check=keys[0])
+    await _interleaved(ctx, "strategy_hit", "get (1 caller)", peers, prepare, _getter(keys), len(keys))
 
 
 # ---------------------------------------------------------------------------- invalidation
@@ -189,12 +236,13 @@ async def invalidation(ctx: Context) -> None:
         CachetoolsPeer("cachetools LRUCache (key scan)"),
     ]
     rounds = ctx.scale.invalidation_rounds
-    for peer in ctx.usable(peers):
-        async with ctx.opened(peer, "tag_invalidation"):
-            await peer.load(data.items(0, ctx.scale.invalidation_total))
-            await peer.reopen()
-            await _time_invalidation(ctx, peer, "tag", first_group=0)
-            await _time_invalidation(ctx, peer, "prefix", first_group=rounds)
+
+    async def body(peer: Peer) -> None:
+        await _loader(ctx.scale.invalidation_total)(peer)
+        await _time_invalidation(ctx, peer, "tag", first_group=0)
+        await _time_invalidation(ctx, peer, "prefix", first_group=rounds)
+
+    await ctx.for_each("tag_invalidation", peers, body)
 
 
 # ---------------------------------------------------------------------------- Zipf mix
@@ -224,6 +272,7 @@ class _ZipfMix:
             self.hits += 1
 
     async def warm_then_time(self, peer: Peer) -> measure.Stats:
+        self.reads = self.hits = 0
         half = len(self.draws) // 2
         for i in range(half):
             await self.op(peer, i)
@@ -244,14 +293,16 @@ async def zipf_mix(ctx: Context) -> None:
         DiskcachePeer("diskcache LFU", policy="least-frequently-used"),
         CashewsPeer(CASHEWS_MEM, backend="mem", size=capacity),
     ]
-    for peer in ctx.usable(peers):
-        mix = _ZipfMix(ctx)
-        async with ctx.opened(peer, "zipf_mix"):
-            await peer.load(data.items(0, capacity, namespace="filler"))
-            await peer.bound_here()
-            stats = await mix.warm_then_time(peer)
-            hit_rate = mix.hits / mix.reads if mix.reads else 0.0
-            ctx.record("zipf_mix", peer, "mixed op (90% get, 10% set)", stats, hit_rate=hit_rate)
+    mix = _ZipfMix(ctx)
+
+    async def body(peer: Peer) -> None:
+        await peer.load(data.items(0, capacity, namespace="filler"))
+        await peer.bound_here()
+        stats = await mix.warm_then_time(peer)
+        hit_rate = mix.hits / mix.reads if mix.reads else 0.0
+        ctx.record("zipf_mix", peer, "mixed op (90% get, 10% set)", stats, hit_rate=hit_rate)
+
+    await ctx.for_each("zipf_mix", peers, body)
 
 
 # ---------------------------------------------------------------------------- growth
@@ -280,14 +331,16 @@ async def _grow_step(ctx: Context, peer: Peer, size: int) -> None:
 
 async def growth(ctx: Context) -> None:
     peers = [SqlcachePeer(SQLCACHE_DISK, memory_max_size=0), DiskcachePeer(DISKCACHE_TAGS, tag_index=True)]
-    for peer in ctx.usable(peers):
-        async with ctx.opened(peer, "growth"):
-            stored = 0
-            for size in ctx.scale.growth_sizes:
-                await peer.load(data.items(stored, size))
-                stored = size
-                await peer.reopen()
-                await _grow_step(ctx, peer, size)
+
+    async def body(peer: Peer) -> None:
+        stored = 0
+        for size in ctx.scale.growth_sizes:
+            await peer.load(data.items(stored, size))
+            stored = size
+            await peer.reopen()
+            await _grow_step(ctx, peer, size)
+
+    await ctx.for_each("growth", peers, body)
 
 
 WORKLOADS = [
