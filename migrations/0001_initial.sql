@@ -42,7 +42,7 @@ CREATE TABLE counters (
 INSERT INTO counters (id, entries, bytes) VALUES (1, 0, 0);
 
 CREATE TABLE invalidations (
-    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq     INTEGER PRIMARY KEY,             -- max+1; the trim always keeps the newest row, so never reused
     origin  TEXT NOT NULL,                    -- the writing CacheManager, which skips its own rows
     kind    TEXT NOT NULL CHECK (kind IN ('key', 'tag', 'pattern', 'clear')),
     arg     TEXT,

@@ -21,7 +21,7 @@ import time
 import warnings
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import aiosqlite
 import orjson
@@ -56,6 +56,7 @@ from ._store import (
 logger = logging.getLogger("sqlcache")
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
+T = TypeVar("T")
 
 # ---------------------------------------------------------------- reads (reader connection)
 
@@ -182,6 +183,16 @@ async def connect(path: Path, *, busy_timeout: float, isolation_level: str | Non
     connection = aiosqlite.connect(path, timeout=busy_timeout, isolation_level=isolation_level, cached_statements=64)
     getattr(connection, "_thread", connection).daemon = True  # aiosqlite < 0.20 was the Thread
     return await connection
+
+
+async def in_thread(connection: aiosqlite.Connection, function: Callable[..., T], *args: Any) -> T:
+    """Run `function(sqlite3_connection, *args)` in the connection's worker thread, in one hop.
+
+    aiosqlite sends each call to its thread and back; a transaction of several statements
+    written as plain sqlite3 code pays that round trip once. This uses aiosqlite's `_execute`
+    and `_conn`, the two names its own public methods are built on.
+    """
+    return await connection._execute(function, connection._conn, *args)
 
 
 class SQLiteStore:
@@ -334,11 +345,14 @@ class SQLiteStore:
 
     async def changes(self) -> Changes | None:
         """Log rows other processes wrote since the last call; None when nothing was committed."""
-        version = await self._scalar(self._reader, "PRAGMA data_version")
+        return await in_thread(self._reader, self._read_changes)
+
+    def _read_changes(self, db: sqlite3.Connection) -> Changes | None:
+        version = db.execute("PRAGMA data_version").fetchone()[0]
         if version == self._data_version:
             return None
         self._data_version = version
-        rows = await self._reader.execute_fetchall(READ_CHANGES, (self._last_seq,))
+        rows = db.execute(READ_CHANGES, (self._last_seq,)).fetchall()
         if not rows:
             return Changes([], complete=True)
         complete = rows[0][0] == self._last_seq + 1
@@ -348,76 +362,85 @@ class SQLiteStore:
     # ------------------------------------------------------------ writes
 
     async def write(self, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float) -> WriteResult:
-        """Apply `ops` (and the pending read statistics) in one transaction, then evict if over."""
+        """Apply `ops` (and the pending read statistics) in one transaction, then evict if over.
+
+        The whole transaction runs in the writer's thread in one hop, so a batch costs one
+        round trip to the event loop however many statements it takes.
+        """
         async with self._write_lock:
-            db = self._writer
             try:
-                if reads:
-                    await db.executemany(RECORD_READS, [(count, last, key) for key, (count, last) in reads.items()])
-                results: list[Any] = []
-                log: list[tuple[str, str, str | None, float]] = []
-                wall = time.time()
-                for op_type, group in itertools.groupby(ops, key=type):
-                    group = list(group)
-                    if op_type is Put:
-                        await db.executemany(UPSERT_ENTRY, [_entry_row(op) for op in group])
-                        results.extend(None for _ in group)
-                        log.extend((self._origin, "key", op.key, wall) for op in group)
-                    else:
-                        for op in group:
-                            results.append(await self._apply(db, op))
-                            log.extend(_log_rows(op, self._origin, wall))
-                if log:
-                    await db.executemany(LOG_CHANGE, log)
-                written = {op.key for op in ops if type(op) is Put}
-                expired, evicted = await self._evict_if_over(db, now, written) if written else (0, 0)
-                await db.commit()
+                return await in_thread(self._writer, self._write_batch, ops, reads, now)
             except sqlite3.Error as error:
-                await _rollback(db)
                 raise _translate(error, self.path, self._busy_timeout) from error
-            except BaseException:
-                await _rollback(db)
-                raise
+
+    def _write_batch(
+        self, db: sqlite3.Connection, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float
+    ) -> WriteResult:
+        try:
+            if reads:
+                db.executemany(RECORD_READS, [(count, last, key) for key, (count, last) in reads.items()])
+            results: list[Any] = []
+            log: list[tuple[str, str, str | None, float]] = []
+            wall = time.time()
+            for op_type, group in itertools.groupby(ops, key=type):
+                group = list(group)
+                if op_type is Put:
+                    db.executemany(UPSERT_ENTRY, [_entry_row(op) for op in group])
+                    results.extend(None for _ in group)
+                    log.extend((self._origin, "key", op.key, wall) for op in group)
+                else:
+                    for op in group:
+                        results.append(self._apply(db, op))
+                        log.extend(_log_rows(op, self._origin, wall))
+            if log:
+                db.executemany(LOG_CHANGE, log)
+            written = {op.key for op in ops if type(op) is Put}
+            expired, evicted = self._evict_if_over(db, now, written) if written else (0, 0)
+            db.commit()
+        except BaseException:
+            if db.in_transaction:
+                db.rollback()
+            raise
         return WriteResult(results, evicted=evicted, expired=expired)
 
-    async def _apply(self, db: aiosqlite.Connection, op: WriteOp) -> Any:
+    def _apply(self, db: sqlite3.Connection, op: WriteOp) -> Any:
         if isinstance(op, Remove):
-            rows = await db.execute_fetchall(DELETE_KEYS, (orjson.dumps(op.keys).decode(),))
+            rows = db.execute(DELETE_KEYS, (orjson.dumps(op.keys).decode(),)).fetchall()
         elif isinstance(op, RemoveTag):
-            rows = await db.execute_fetchall(DELETE_TAG, (op.tag,))
+            rows = db.execute(DELETE_TAG, (op.tag,)).fetchall()
         elif isinstance(op, RemovePattern):
             upper = prefix_successor(op.prefix) if op.prefix else None
             if upper is None:
-                rows = await db.execute_fetchall(DELETE_PATTERN_ANYWHERE, (op.pattern,))
+                rows = db.execute(DELETE_PATTERN_ANYWHERE, (op.pattern,)).fetchall()
             else:
-                rows = await db.execute_fetchall(DELETE_PATTERN_IN_RANGE, (op.prefix, upper, op.pattern))
+                rows = db.execute(DELETE_PATTERN_IN_RANGE, (op.prefix, upper, op.pattern)).fetchall()
         elif isinstance(op, RemoveAll):
-            rows = await db.execute_fetchall(DELETE_ALL)
+            rows = db.execute(DELETE_ALL).fetchall()
         elif isinstance(op, PurgeExpired):
-            return len(await db.execute_fetchall(DELETE_EXPIRED, (op.now, op.limit)))
+            return len(db.execute(DELETE_EXPIRED, (op.now, op.limit)).fetchall())
         elif isinstance(op, FlushReads):
             return None
         elif isinstance(op, TrimLog):
-            await db.execute_fetchall(TRIM_LOG, (op.before,))
+            db.execute(TRIM_LOG, (op.before,))
             return None
         else:
             raise TypeError(f"unknown write operation {op!r}")
         return [Removed(key, expires_at) for key, expires_at in rows]
 
-    async def _evict_if_over(self, db: aiosqlite.Connection, now: float, written: set[str]) -> tuple[int, int]:
+    def _evict_if_over(self, db: sqlite3.Connection, now: float, written: set[str]) -> tuple[int, int]:
         """Bring the bytes back under `max_bytes`: expired entries first, then the strategy's
         victims, never an entry written in this batch. Returns (expired, evicted) counts."""
-        excess = await self._scalar(db, "SELECT bytes FROM counters WHERE id = 1") - self.max_bytes
+        excess = db.execute(READ_SIZE).fetchone()[1] - self.max_bytes
         expired = evicted = 0
         while excess > 0:
-            freed = [size for (size,) in await db.execute_fetchall(DELETE_EXPIRED, (now, 64))]
+            freed = [size for (size,) in db.execute(DELETE_EXPIRED, (now, 64)).fetchall()]
             if not freed:
                 break
             expired += len(freed)
             excess -= sum(freed)
         for victims_sql in self._victim_queries():
             while excess > 0:
-                candidates = await db.execute_fetchall(victims_sql, (len(written) + 32,))
+                candidates = db.execute(victims_sql, (len(written) + 32,)).fetchall()
                 chosen = []
                 for entry_id, key, size in candidates:
                     if key not in written:
@@ -427,7 +450,7 @@ class SQLiteStore:
                             break
                 if not chosen:
                     break
-                await db.execute_fetchall(DELETE_IDS, (orjson.dumps(chosen).decode(),))
+                db.execute(DELETE_IDS, (orjson.dumps(chosen).decode(),))
                 evicted += len(chosen)
         return expired, evicted
 
@@ -465,13 +488,6 @@ def _is_damage(error: sqlite3.DatabaseError) -> bool:
         return False
     name = getattr(error, "sqlite_errorname", "")
     return name in ("SQLITE_CORRUPT", "SQLITE_NOTADB", "") or "malformed" in str(error)
-
-
-async def _rollback(db: aiosqlite.Connection) -> None:
-    try:
-        await db.rollback()
-    except sqlite3.Error:
-        pass
 
 
 def _translate(error: sqlite3.Error, path: Path, busy_timeout: float) -> Exception:
