@@ -49,7 +49,7 @@ async def mixed(directory: str, process: str, seconds: str) -> None:
     async with CacheManager(config) as cache:
         stop = time.monotonic() + float(seconds)
 
-        async def task(t: int) -> dict[str, int]:
+        async def task(t: int) -> tuple[dict[str, int], int]:
             rng = random.Random(f"{process}-{t}")
             prefix = f"p{process}:t{t}:"
             expected: dict[str, int] = {}  # key -> value the disk must hold at the end
@@ -74,11 +74,11 @@ async def mixed(directory: str, process: str, seconds: str) -> None:
                 else:
                     await cache.invalidate_by_tag(f"p{process}t{t}")
                     expected.clear()
-            return expected
+            return expected, n
 
         results = await asyncio.gather(*(task(t) for t in range(8)))
-        merged = {key: value for result in results for key, value in result.items()}
-        say(event="done", expected=merged)
+        merged = {key: value for expected, _ in results for key, value in expected.items()}
+        say(event="done", expected=merged, operations=sum(n for _, n in results))
 
 
 if __name__ == "__main__":
