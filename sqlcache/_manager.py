@@ -154,7 +154,8 @@ class CacheManager:
     async def _get_from_disk(self, key: str, now: float) -> Any:
         if self._store is None and await self._disk() is None:
             return _MISSING
-        _check_key(key)  # a key SQLite cannot bind must not fail the batch it would join
+        if not key.isascii():
+            _check_key(key)  # a key SQLite cannot bind must not fail the batch it would join
         self._counts["disk_lookups"] += 1
         row, promotable = await self._reader.load(key)
         if row is None:

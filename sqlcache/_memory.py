@@ -119,10 +119,10 @@ class MemoryTier:
 
     def get(self, key: str, now: float) -> Entry | None:
         """The live entry for `key`, or None; an expired entry is dropped here."""
-        try:
-            entry = self._cache[key]
-        except KeyError:
+        cache = self._cache
+        if key not in cache:  # cheaper than the KeyError a cachetools miss raises
             return None
+        entry = cache[key]
         if entry.expires_at <= now:
             self.expirations += 1
             self.discard(key)
