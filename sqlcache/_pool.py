@@ -445,25 +445,11 @@ class ResourcePool:
             self._preloader = CachePreloader(self)
         return self._preloader
 
-    def register_preload_task(
-        self,
-        name: str,
-        loader_func: Callable[..., Awaitable[Any]],
-        interval: float,
-        args: Iterable[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        cache_key: str | None = None,
-        cache_ttl: float | None = None,
-        tags: Iterable[str] | None = None,
-        enabled: bool = True,
-        *,
-        timeout: float | None = None,
-    ) -> Any:
-        """Register a task that the preloader runs every `interval` seconds (see `CachePreloader`)."""
-        return self.cache_preloader.register_preload_task(
-            name, loader_func, interval, args=args, kwargs=kwargs, cache_key=cache_key,
-            cache_ttl=cache_ttl, tags=tags, enabled=enabled, timeout=timeout,
-        )
+    def register_preload_task(self, *args: Any, **kwargs: Any) -> Any:
+        """Register a task that the preloader runs every `interval` seconds; the arguments are
+        those of `CachePreloader.register_preload_task` (name, loader_func, interval, args,
+        kwargs, cache_key, cache_ttl, tags, enabled, timeout)."""
+        return self.cache_preloader.register_preload_task(*args, **kwargs)
 
     async def run_preload_task_now(self, name: str) -> Any:
         """Run the preload task `name` once, now."""

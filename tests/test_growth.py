@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sqlite3
 
-import pytest
 
 from sqlcache import CacheLevel, CacheManager
 from sqlcache._sqlite import UPSERT_ENTRY
