@@ -224,11 +224,13 @@ class CachetoolsPeer(Peer):
         import cachetools
 
         kinds = {"lru": cachetools.LRUCache, "lfu": cachetools.LFUCache, "fifo": cachetools.FIFOCache}
-        if self._cache is None:  # memory only: a reopen keeps the contents, like a live process
-            self._cache = kinds[self._strategy](self._maxsize)
+        self._cache = kinds[self._strategy](self._maxsize)
 
     async def close(self) -> None:
-        pass
+        self._cache = None
+
+    async def reopen(self) -> None:
+        """In-process only: there is no file to reopen, the contents stay."""
 
     async def get(self, key: str) -> Any:
         return self._cache.get(key)
@@ -264,16 +266,17 @@ class CashewsPeer(Peer):
     async def _open(self) -> None:
         from cashews import Cache
 
-        if self._cache is not None and self._backend == "mem":
-            return  # memory only: a reopen keeps the contents
         self._cache = Cache()
         self._cache.setup(self._url())
         for tag in self._tags:
             self._cache.register_tag(tag, data.key_template(tag))
 
     async def close(self) -> None:
-        if self._backend != "mem":
-            await self._cache.close()
+        await self._cache.close()  # mem:// too: it stops the backend's once-a-second expiry scan
+
+    async def reopen(self) -> None:
+        if self._backend != "mem":  # in-process only: nothing to reopen, the contents stay
+            await super().reopen()
 
     async def get(self, key: str) -> Any:
         return await self._cache.get(key)
@@ -307,11 +310,13 @@ class AiocachePeer(Peer):
     async def _open(self) -> None:
         from aiocache import SimpleMemoryCache
 
-        if self._cache is None:
-            self._cache = SimpleMemoryCache()
+        self._cache = SimpleMemoryCache()
 
     async def close(self) -> None:
-        pass
+        await self._cache.close()
+
+    async def reopen(self) -> None:
+        """In-process only: there is no file to reopen, the contents stay."""
 
     async def get(self, key: str) -> Any:
         return await self._cache.get(key)
