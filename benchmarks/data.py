@@ -12,7 +12,7 @@ import bisect
 import itertools
 import json
 import random
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple
 
 GROUP_SIZE = 1_000
 """Keys per tag group (and per key prefix)."""
