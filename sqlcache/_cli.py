@@ -295,10 +295,8 @@ def _count(number: int, one: str, many: str) -> str:
     return f"{number} {one if number == 1 else many}"
 
 
-def _epoch(iso: str | None) -> float | None:
+def _epoch(iso: str) -> float:
     """Epoch seconds of the views' ISO-8601 UTC text."""
-    if iso is None:
-        return None
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 

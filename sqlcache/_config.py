@@ -78,7 +78,7 @@ class CacheConfig:
         return self.disk_cache_dir / "sqlcache.db"
 
     @classmethod
-    def from_mapping(cls, config: Mapping[str, Any] | None) -> "CacheConfig":
+    def from_mapping(cls, config: "Mapping[str, Any] | CacheConfig | None") -> "CacheConfig":
         """Validate a user's dict; unknown keys and bad values raise `ValueError` naming the key."""
         if config is None:
             return cls()

@@ -57,7 +57,7 @@ class MarketDataServer:
     @property
     def base_url(self) -> str:
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def __enter__(self) -> "MarketDataServer":
         self._thread.start()

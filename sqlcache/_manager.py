@@ -22,7 +22,7 @@ from ._batching import GroupCommitter, ReadCoalescer
 from ._codecs import decode, encode
 from ._config import CacheConfig, CacheLevel
 from ._exceptions import CacheError
-from ._memory import Entry, MemoryTier
+from ._memory import Entry, KeySet, MemoryTier
 from ._sqlite import SQLiteStore
 from ._store import (
     Changes,
@@ -188,6 +188,11 @@ class CacheManager:
             counts[0] += 1
             counts[1] = now
 
+    def _opened_store(self) -> SQLiteStore:
+        if self._store is None:
+            raise CacheError("the cache was closed while this call was pending")
+        return self._store
+
     async def _read_rows(self, keys: Sequence[str]) -> dict[str, StoredRow]:
         store = self._store
         return {} if store is None else await store.read(keys)
@@ -244,7 +249,7 @@ class CacheManager:
         now = self._clock()
         self._counts["deletes"] += 1
 
-        def drop_from_memory() -> set[str]:
+        def drop_from_memory() -> KeySet:
             self._reader.spoil(key)
             return self._memory.invalidate_keys((key,), now)
 
@@ -276,13 +281,13 @@ class CacheManager:
     async def clear(self) -> None:
         """Remove every entry from every tier (and from other processes' memory tiers)."""
 
-        def clear_memory() -> set[str]:
+        def clear_memory() -> KeySet:
             self._memory.clear()
             return set()
 
         await self._invalidate(RemoveAll(), clear_memory, self._clock())
 
-    async def _invalidate(self, op: WriteOp, drop_from_memory: Callable[[], set[str]], now: float) -> int:
+    async def _invalidate(self, op: WriteOp, drop_from_memory: Callable[[], KeySet], now: float) -> int:
         """Run a removal on disk, then in memory; count distinct live keys removed in either."""
         if await self._disk() is None:
             return len(drop_from_memory())
@@ -298,7 +303,7 @@ class CacheManager:
 
     async def _write(self, ops: list[WriteOp]) -> list[Any]:
         reads, self._reads = self._reads, {}
-        result = await self._store.write(ops, reads, self._clock())
+        result = await self._opened_store().write(ops, reads, self._clock())
         self._counts["disk_evictions"] += result.evicted
         self._counts["disk_expirations"] += result.expired
         return result.results
@@ -313,29 +318,30 @@ class CacheManager:
     ) -> Any:
         """The cached value of `key`, or `await loader()` stored under it on a miss.
 
-        Concurrent callers missing the same key share one loader call; a caller cancelled while
-        waiting does not cancel the load for the others.
+        Concurrent callers missing the memory tier for the same key share one disk lookup and,
+        on a miss there, one loader call; a caller cancelled while waiting does not cancel the
+        load for the others.
         """
         _check_key(key)
         _level(level), _tags(tags), self._ttl(ttl)  # refuse bad arguments before loading
-        value = await self.get(key, _MISSING)
-        if value is not _MISSING:
-            return value
+        if self._memory.get(key, self._clock()) is not None:
+            value = await self.get(key, _MISSING)
+            if value is not _MISSING:
+                return value
         flight = self._flights.get(key)
         if flight is None:
-            flight = asyncio.ensure_future(self._load(key, loader, ttl, level, tags))
+            flight = asyncio.ensure_future(self._get_or_load(key, loader, ttl, level, tags))
             self._flights[key] = flight
             flight.add_done_callback(lambda done: self._end_flight(key, done))
         return await asyncio.shield(flight)
 
-    async def _load(self, key: str, loader: Callable[[], Any], ttl: Any, level: Any, tags: Any) -> Any:
-        entry = self._memory.get(key, self._clock())  # a load that just finished may have filled it
-        if entry is not None:
-            return entry.value
-        value = loader()
-        if inspect.isawaitable(value):
-            value = await value
-        await self.set(key, value, ttl, level, tags)
+    async def _get_or_load(self, key: str, loader: Callable[[], Any], ttl: Any, level: Any, tags: Any) -> Any:
+        value = await self.get(key, _MISSING)
+        if value is _MISSING:
+            value = loader()
+            if inspect.isawaitable(value):
+                value = await value
+            await self.set(key, value, ttl, level, tags)
         return value
 
     def _end_flight(self, key: str, flight: asyncio.Future[Any]) -> None:
@@ -355,7 +361,7 @@ class CacheManager:
     async def _sync_once(self) -> None:
         try:
             self._next_sync = time.monotonic() + self.config.sync_interval
-            changes = await self._store.changes()
+            changes = await self._opened_store().changes()
             if changes is not None:
                 self._apply_changes(changes)
         except Exception as error:  # a locked or failing disk must not stop memory hits

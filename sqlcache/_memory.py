@@ -18,6 +18,9 @@ import cachetools
 from ._config import InvalidationStrategy
 
 
+KeySet = set[str]  # (inside MemoryTier, `set` names the method)
+
+
 class Entry(NamedTuple):
     value: Any
     expires_at: float  # epoch seconds; math.inf for never
@@ -144,7 +147,7 @@ class MemoryTier:
             self._untag(key, entry)
         return entry
 
-    def invalidate_keys(self, keys: Iterable[str], now: float) -> set[str]:
+    def invalidate_keys(self, keys: Iterable[str], now: float) -> KeySet:
         """Remove `keys`; return those that held a live entry."""
         live = set()
         for key in list(keys):
@@ -153,10 +156,10 @@ class MemoryTier:
                 live.add(key)
         return live
 
-    def invalidate_tag(self, tag: str, now: float) -> set[str]:
+    def invalidate_tag(self, tag: str, now: float) -> KeySet:
         return self.invalidate_keys(self._tags.get(tag, ()), now)
 
-    def invalidate_pattern(self, pattern: re.Pattern[str], now: float) -> set[str]:
+    def invalidate_pattern(self, pattern: re.Pattern[str], now: float) -> KeySet:
         return self.invalidate_keys([key for key in self._cache if pattern.match(key)], now)
 
     def clear(self) -> None:

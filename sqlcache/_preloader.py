@@ -170,7 +170,7 @@ class _FileDatabase:
         return cls(connection)
 
     async def fetch(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]:
-        return list(await self._connection.execute_fetchall(sql, params))
+        return [tuple(row) for row in await self._connection.execute_fetchall(sql, params)]
 
     async def close(self) -> None:
         await self._connection.close()

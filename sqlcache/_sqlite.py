@@ -29,6 +29,7 @@ import orjson
 from ._config import Durability, InvalidationStrategy
 from ._exceptions import (
     CacheBusyError,
+    CacheError,
     CacheDirectoryError,
     DamagedCacheWarning,
     SchemaVersionError,
@@ -181,7 +182,7 @@ async def connect(path: Path, *, busy_timeout: float, isolation_level: str | Non
     `close()` still exits; SQLite treats a transaction cut short at exit like a crash:
     rolled back, committed data intact."""
     connection = aiosqlite.connect(path, timeout=busy_timeout, isolation_level=isolation_level, cached_statements=64)
-    getattr(connection, "_thread", connection).daemon = True  # aiosqlite < 0.20 was the Thread
+    getattr(connection, "_thread", connection).daemon = True  # type: ignore[union-attr]  # < 0.20 was the Thread
     return await connection
 
 
@@ -280,8 +281,8 @@ class SQLiteStore:
                 f"({LATEST_SCHEMA}); upgrade sqlcache or use another cache directory (file left untouched)"
             )
         if self._check_on_open and version > 0:
-            problems = await writer.execute_fetchall("PRAGMA quick_check")
-            if [tuple(row) for row in problems] != [("ok",)]:
+            problems = [tuple(row) for row in await writer.execute_fetchall("PRAGMA quick_check")]
+            if problems != [("ok",)]:
                 raise sqlite3.DatabaseError(f"quick_check failed: {problems[0][0]}")
         await writer.execute_fetchall("PRAGMA journal_mode = WAL")
         for number, script in _migrations():
@@ -301,8 +302,8 @@ class SQLiteStore:
 
     @staticmethod
     async def _scalar(connection: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
-        rows = await connection.execute_fetchall(sql, params)
-        return rows[0][0]
+        [row] = await connection.execute_fetchall(sql, params)
+        return row[0]
 
     def _set_aside(self, reason: str) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -334,18 +335,18 @@ class SQLiteStore:
     async def read(self, keys: Sequence[str]) -> dict[str, StoredRow]:
         """The stored rows of `keys` that exist (expired ones included: the caller decides)."""
         if len(keys) == 1:
-            rows = await self._reader.execute_fetchall(READ_ONE, (keys[0],))
+            rows = await _opened(self._reader).execute_fetchall(READ_ONE, (keys[0],))
         else:
-            rows = await self._reader.execute_fetchall(READ_MANY, (orjson.dumps(list(keys)).decode(),))
+            rows = await _opened(self._reader).execute_fetchall(READ_MANY, (orjson.dumps(list(keys)).decode(),))
         return {key: StoredRow(data, codec, expires_at, _tags(tags)) for key, data, codec, expires_at, tags in rows}
 
     async def size(self) -> tuple[int, int]:
-        rows = await self._reader.execute_fetchall(READ_SIZE)
-        return rows[0][0], rows[0][1]
+        [(entries, size)] = await _opened(self._reader).execute_fetchall(READ_SIZE)
+        return entries, size
 
     async def changes(self) -> Changes | None:
         """Log rows other processes wrote since the last call; None when nothing was committed."""
-        return await in_thread(self._reader, self._read_changes)
+        return await in_thread(_opened(self._reader), self._read_changes)
 
     def _read_changes(self, db: sqlite3.Connection) -> Changes | None:
         version = db.execute("PRAGMA data_version").fetchone()[0]
@@ -357,7 +358,7 @@ class SQLiteStore:
             return Changes([], complete=True)
         complete = rows[0][0] == self._last_seq + 1
         self._last_seq = rows[-1][0]
-        return Changes([Change(kind, arg) for _, origin, kind, arg in rows if origin != self._origin], complete)
+        return Changes([Change(kind, arg or "") for _, origin, kind, arg in rows if origin != self._origin], complete)
 
     # ------------------------------------------------------------ writes
 
@@ -369,7 +370,7 @@ class SQLiteStore:
         """
         async with self._write_lock:
             try:
-                return await in_thread(self._writer, self._write_batch, ops, reads, now)
+                return await in_thread(_opened(self._writer), self._write_batch, ops, reads, now)
             except sqlite3.Error as error:
                 raise _translate(error, self.path, self._busy_timeout) from error
 
@@ -380,21 +381,22 @@ class SQLiteStore:
             if reads:
                 db.executemany(RECORD_READS, [(count, last, key) for key, (count, last) in reads.items()])
             results: list[Any] = []
-            log: list[tuple[str, str, str | None, float]] = []
+            log: list[tuple[str, str, str, float]] = []
             wall = time.time()
             for op_type, group in itertools.groupby(ops, key=type):
-                group = list(group)
+                members = list(group)
+                puts = [op for op in members if isinstance(op, Put)]
                 if op_type is Put:
-                    db.executemany(UPSERT_ENTRY, [_entry_row(op) for op in group])
-                    results.extend(None for _ in group)
-                    log.extend((self._origin, "key", op.key, wall) for op in group)
+                    db.executemany(UPSERT_ENTRY, [_entry_row(put) for put in puts])
+                    results.extend(None for _ in puts)
+                    log.extend((self._origin, "key", put.key, wall) for put in puts)
                 else:
-                    for op in group:
+                    for op in members:
                         results.append(self._apply(db, op))
                         log.extend(_log_rows(op, self._origin, wall))
             if log:
                 db.executemany(LOG_CHANGE, log)
-            written = {op.key for op in ops if type(op) is Put}
+            written = {op.key for op in ops if isinstance(op, Put)}
             expired, evicted = self._evict_if_over(db, now, written) if written else (0, 0)
             db.commit()
         except BaseException:
@@ -467,7 +469,7 @@ def _entry_row(op: Put) -> tuple[Any, ...]:
     return (op.key, op.data, op.codec, size, tags, op.created_at, op.expires_at)
 
 
-def _log_rows(op: WriteOp, origin: str, wall: float) -> list[tuple[str, str, str | None, float]]:
+def _log_rows(op: WriteOp, origin: str, wall: float) -> list[tuple[str, str, str, float]]:
     if isinstance(op, Remove):
         return [(origin, "key", key, wall) for key in op.keys]
     if isinstance(op, RemoveTag):
@@ -475,8 +477,14 @@ def _log_rows(op: WriteOp, origin: str, wall: float) -> list[tuple[str, str, str
     if isinstance(op, RemovePattern):
         return [(origin, "pattern", op.pattern, wall)]
     if isinstance(op, RemoveAll):
-        return [(origin, "clear", None, wall)]
+        return [(origin, "clear", "", wall)]
     return []  # purges and log trims change no live value
+
+
+def _opened(connection: aiosqlite.Connection | None) -> aiosqlite.Connection:
+    if connection is None:
+        raise CacheError("the cache database is closed")
+    return connection
 
 
 def _tags(text: str) -> tuple[str, ...]:

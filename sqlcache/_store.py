@@ -105,7 +105,7 @@ class Change(NamedTuple):
     """One row of the invalidation log written by another process."""
 
     kind: str  # 'key', 'tag', 'pattern' or 'clear'
-    arg: str | None
+    arg: str  # the key, tag or pattern ('' for clear)
 
 
 @dataclass(frozen=True)

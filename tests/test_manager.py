@@ -421,3 +421,16 @@ async def test_a_read_overlapping_a_write_is_not_promoted_stale(cache_dir):
         assert await manager.get("k") == "new"
         await manager.invalidate_by_tag("none")
         assert await manager.get("k") == "new"
+
+
+async def test_get_or_set_callers_arriving_together_share_the_disk_lookup_and_a_failure(cache_dir):
+    async with CacheManager({"disk_cache_dir": str(cache_dir), "memory_max_size": 0}) as manager:
+        calls = 0
+
+        def failing_at_once():
+            nonlocal calls
+            calls += 1
+            raise RuntimeError("API down")
+
+        results = await asyncio.gather(*(manager.get_or_set("k", failing_at_once) for _ in range(20)), return_exceptions=True)
+        assert calls == 1 and all(isinstance(result, RuntimeError) for result in results)
