@@ -57,6 +57,7 @@ class LoopbackServer:
         self.requests: list[Request] = []
         self._scripts: dict[str, list[Response | Responder]] = {}
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         self._httpd = _Server(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
@@ -83,6 +84,7 @@ class LoopbackServer:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()  # delayed answers end now
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -110,7 +112,7 @@ class LoopbackServer:
                 )
                 response = server._answer(request)
                 if response.delay:
-                    time.sleep(response.delay)  # the server is slow; the client under test is not
+                    server._stopping.wait(response.delay)  # a slow server; the client under test is not
                 try:
                     self.send_response(response.status)
                     for name, value in response.headers.items():
