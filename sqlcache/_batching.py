@@ -35,25 +35,27 @@ class ReadCoalescer(Generic[Row]):
     `load` returns the row (or None) and whether it may be copied into the memory tier: a read
     that overlapped a local write or a remote invalidation of its key may carry the old value,
     so it is answered but not promoted (`spoil` / `spoil_all` mark such reads). A batch can be
-    spoiled until its last caller has looked at it: callers hold it, and `_live` forgets it
-    when they are done.
+    spoiled from the moment its query starts until its last caller has looked at it: callers
+    hold it, and `_live` forgets it when they are done. A batch still waiting needs no marks:
+    its query will see every write committed before it starts.
     """
 
     def __init__(self, fetch: Callable[[Sequence[str]], Awaitable[dict[str, Row]]]):
         self._fetch = fetch
         self._live: weakref.WeakSet[_ReadBatch] = weakref.WeakSet()
         self._in_flight: _ReadBatch | None = None
-        self._waiting = self._new_batch()
+        self._waiting = _ReadBatch()
 
-    def _new_batch(self) -> _ReadBatch:
-        batch = _ReadBatch()
+    def _take_off(self, batch: _ReadBatch) -> _ReadBatch:
+        """Mark `batch` as in flight: from now on, writes may spoil what it reads."""
+        self._in_flight = batch
         self._live.add(batch)
         return batch
 
     async def load(self, key: str) -> tuple[Row | None, bool]:
         if self._in_flight is None:
             # Nothing in flight: query for this key directly, no task or future needed.
-            batch = self._in_flight = self._new_batch()
+            batch = self._take_off(_ReadBatch())
             try:
                 rows = await self._fetch((key,))
             finally:
@@ -65,8 +67,9 @@ class ReadCoalescer(Generic[Row]):
         return await future, batch.promotable(key)
 
     def spoil(self, key: str) -> None:
-        for batch in self._live:
-            batch.spoiled.add(key)
+        if self._live:
+            for batch in self._live:
+                batch.spoiled.add(key)
 
     def spoil_all(self) -> None:
         for batch in self._live:
@@ -74,8 +77,8 @@ class ReadCoalescer(Generic[Row]):
 
     def _finish_flight(self) -> None:
         if self._waiting.waiters:
-            self._in_flight, self._waiting = self._waiting, self._new_batch()
-            asyncio.get_running_loop().create_task(self._run(self._in_flight))
+            batch, self._waiting = self._waiting, _ReadBatch()
+            asyncio.get_running_loop().create_task(self._run(self._take_off(batch)))
         else:
             self._in_flight = None
 
@@ -125,7 +128,7 @@ class GroupCommitter(Generic[Op]):
         self._queue.append(_Pending(op, future, after_commit))
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
-        return await asyncio.shield(future)
+        return await future  # cancelling the caller cancels the future, never the write
 
     async def drain(self) -> None:
         """Wait until every submitted op has committed or failed."""
@@ -140,22 +143,13 @@ class GroupCommitter(Generic[Op]):
                     results = await self._apply([pending.op for pending in batch])
                 except Exception as error:
                     for pending in batch:
-                        pending.future.set_exception(error)
-                        _retrieve(pending.future)
+                        if not pending.future.done():  # done: its caller was cancelled
+                            pending.future.set_exception(error)
                     continue
                 for pending, result in zip(batch, results):
-                    try:
-                        if pending.after_commit is not None:
-                            result = pending.after_commit(result)
-                    except Exception as error:  # pragma: no cover - after_commit is our own code
-                        pending.future.set_exception(error)
-                    else:
+                    if pending.after_commit is not None:
+                        result = pending.after_commit(result)
+                    if not pending.future.done():
                         pending.future.set_result(result)
-                    _retrieve(pending.future)
         finally:
             self._task = None
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark a future's outcome as seen, so a cancelled caller's result logs no warning."""
-    future.add_done_callback(lambda done: done.cancelled() or done.exception())

@@ -434,3 +434,16 @@ async def test_get_or_set_callers_arriving_together_share_the_disk_lookup_and_a_
 
         results = await asyncio.gather(*(manager.get_or_set("k", failing_at_once) for _ in range(20)), return_exceptions=True)
         assert calls == 1 and all(isinstance(result, RuntimeError) for result in results)
+
+
+async def test_a_set_whose_caller_is_cancelled_still_lands_in_both_tiers_together(cache_dir):
+    async with CacheManager({"disk_cache_dir": str(cache_dir)}) as manager:
+        await manager.set("k", "old")
+        cancelled = asyncio.ensure_future(manager.set("k", "new"))
+        await asyncio.sleep(0)  # queued for the next commit
+        cancelled.cancel()
+        await manager.set("other", 1)  # commits after it
+        assert cancelled.cancelled()
+        assert await manager.get("k") == "new"  # memory agrees with the committed disk row
+    async with CacheManager({"disk_cache_dir": str(cache_dir)}) as manager:
+        assert await manager.get("k") == "new"
