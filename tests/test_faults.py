@@ -19,6 +19,7 @@ from sqlcache import (
     SchemaVersionError,
     StorageError,
 )
+from sqlcache._store import TrimLog
 
 
 def config(cache_dir, **extra) -> dict:
@@ -168,3 +169,24 @@ async def test_the_background_purge_removes_expired_rows(cache_dir, clock):
                 break
             await asyncio.sleep(0.02)  # waiting on a real background task, not on a TTL
         assert (await cache.get_stats())["disk_entries"] == 10
+
+
+async def test_durability_full_makes_every_commit_fsync(cache_dir):
+    async with CacheManager(config(cache_dir, durability="full")) as cache:
+        await cache.set("k", 1)
+        assert (await cache._store._writer.execute_fetchall("PRAGMA synchronous"))[0][0] == 2  # FULL
+    async with CacheManager(config(cache_dir)) as cache:
+        await cache.set("k", 1)
+        assert (await cache._store._writer.execute_fetchall("PRAGMA synchronous"))[0][0] == 1  # NORMAL
+
+
+async def test_a_process_that_missed_trimmed_log_rows_empties_its_memory_tier(cache_dir):
+    settings = config(cache_dir, sync_interval=0.05)
+    async with CacheManager(settings) as reader, CacheManager(settings) as writer:
+        await writer.set("k", "old")
+        assert await reader.get("k") == "old"  # now in the reader's memory tier
+        await writer.set("k", "new")
+        await writer.set("other", 1)
+        await writer._committer.submit(TrimLog(before=time.time() + 3600))  # all but the newest row
+        await asyncio.sleep(0.06)  # the reader's sync interval, a real-time bound
+        assert await reader.get("k") == "new"  # it could not know what it missed, so it forgot all
