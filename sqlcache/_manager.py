@@ -2,9 +2,9 @@
 
 Reads go to the memory tier, then to disk (promoting a disk hit with its remaining TTL).
 Writes go through a `GroupCommitter`, and their effect on the memory tier is applied right after
-the commit, in commit order, so the latest set wins in every tier. Every few hundred
-milliseconds a read checks the database's invalidation log (only when `PRAGMA data_version`
-moved) so that other processes' changes reach this memory tier within `sync_interval`.
+the commit, in commit order, so the latest set wins in every tier. At most every
+`sync_interval` a read checks the database's invalidation log (reading it only when
+`PRAGMA data_version` moved), so other processes' changes reach this memory tier in time.
 """
 
 from __future__ import annotations
@@ -80,6 +80,9 @@ class CacheManager:
         await self.open()
         return self
 
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
     async def open(self) -> None:
         """Open (create, migrate) the database now rather than on the first call."""
         await self._disk()
@@ -88,9 +91,6 @@ class CacheManager:
     def clock(self) -> Callable[[], float]:
         """The clock that decides every expiry (epoch seconds)."""
         return self._clock
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     async def close(self) -> None:
         """Finish pending writes, flush read statistics, release the database file."""
@@ -323,7 +323,10 @@ class CacheManager:
         load for the others.
         """
         _check_key(key)
-        _level(level), _tags(tags), self._ttl(ttl)  # refuse bad arguments before loading
+        # Refuse bad arguments before anything is loaded.
+        _level(level)
+        _tags(tags)
+        self._ttl(ttl)
         if self._memory.get(key, self._clock()) is not None:
             value = await self.get(key, _MISSING)
             if value is not _MISSING:
