@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 import cachetools
 
 from ._config import InvalidationStrategy
+from ._store import literal_prefix
 
 
 KeySet = set[str]  # (inside MemoryTier, `set` names the method)
@@ -160,7 +161,9 @@ class MemoryTier:
         return self.invalidate_keys(self._tags.get(tag, ()), now)
 
     def invalidate_pattern(self, pattern: re.Pattern[str], now: float) -> KeySet:
-        return self.invalidate_keys([key for key in self._cache if pattern.match(key)], now)
+        """Remove the keys `pattern` matches: a scan, with the literal prefix checked first."""
+        prefix = literal_prefix(pattern.pattern)
+        return self.invalidate_keys([key for key in self._cache if key.startswith(prefix) and pattern.match(key)], now)
 
     def clear(self) -> None:
         self._cache.clear()
