@@ -99,3 +99,20 @@ async def test_four_processes_of_mixed_work_lose_nothing(cache_dir):
         entries, size = db.execute("SELECT entries, bytes FROM counters").fetchone()
         assert (entries, size) == db.execute("SELECT count(*), coalesce(sum(size), 0) FROM entries").fetchone()
     assert stored == expected
+
+
+def test_a_program_that_never_closes_the_cache_still_exits_and_keeps_its_sets(cache_dir):
+    script = (
+        "import asyncio, sys\n"
+        "from sqlcache import CacheManager\n"
+        "async def main():\n"
+        "    cache = CacheManager({'disk_cache_dir': sys.argv[1]})\n"
+        "    await cache.set('k', 'v')\n"
+        "    # and no close()\n"
+        "asyncio.run(main())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    finished = subprocess.run([sys.executable, "-c", script, str(cache_dir)], env=env, timeout=30)
+    assert finished.returncode == 0
+    with sqlite3.connect(cache_dir / "sqlcache.db") as db:
+        assert db.execute("SELECT value_json FROM cache_entries WHERE key = 'k'").fetchall() == [('"v"',)]
