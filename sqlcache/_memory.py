@@ -118,9 +118,6 @@ class MemoryTier:
     def __len__(self) -> int:
         return len(self._cache)
 
-    def __contains__(self, key: str) -> bool:
-        return key in self._cache
-
     def get(self, key: str, now: float) -> Entry | None:
         """The live entry for `key`, or None; an expired entry is dropped here."""
         cache = self._cache

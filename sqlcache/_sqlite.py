@@ -240,7 +240,9 @@ class SQLiteStore:
                 await self._connect_and_migrate()
         except sqlite3.OperationalError as error:
             await self._close_connections()
-            raise CacheDirectoryError(f"cannot open cache database {self.path}: {error}") from error
+            if getattr(error, "sqlite_errorname", "").startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY")):
+                raise CacheDirectoryError(f"cannot open cache database {self.path}: {error}") from error
+            raise _translate(error, self.path, self._busy_timeout) from error  # e.g. locked while migrating
         except BaseException:
             await self._close_connections()
             raise
@@ -301,8 +303,8 @@ class SQLiteStore:
         return connection
 
     @staticmethod
-    async def _scalar(connection: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
-        [row] = await connection.execute_fetchall(sql, params)
+    async def _scalar(connection: aiosqlite.Connection, sql: str) -> Any:
+        [row] = await connection.execute_fetchall(sql)
         return row[0]
 
     def _set_aside(self, reason: str) -> None:
