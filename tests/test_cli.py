@@ -414,8 +414,9 @@ def test_arguments_that_are_not_utf8_are_usage_errors(cache: Path, command: list
 async def test_a_directory_name_that_is_not_utf8_works(tmp_path: Path) -> None:
     strange = tmp_path / os.fsdecode(b"cache-\xff")  # a file name may hold any bytes
     await fill(strange)
+    terminal = {**cli_env(), "PYTHONIOENCODING": "utf-8:strict"}  # as in a UTF-8 terminal locale
     result = subprocess.run([sys.executable, "-m", "sqlcache", "--dir", str(strange), "stats", "--json"],
-                            capture_output=True, timeout=60, env=cli_env())
+                            capture_output=True, timeout=60, env=terminal)
     assert result.returncode == 0, result.stderr
     stats = json.loads(result.stdout.decode("utf-8", "surrogateescape"))  # the name's bytes, printed back
     assert (stats["db_path"], stats["entries"]) == (str(strange / "sqlcache.db"), 6)
