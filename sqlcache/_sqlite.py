@@ -276,18 +276,23 @@ class SQLiteStore:
 
     def _prepare_directory(self) -> None:
         directory = self.path.parent
-        existed = self.path.exists()
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
         except OSError as error:
-            verb = "open" if existed else "create"
+            raise CacheDirectoryError(f"cannot create cache directory {directory}: {error.strerror or error}") from error
+        verb = "open" if self.path.exists() else "create"
+        try:
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        except OSError as error:
             raise CacheDirectoryError(f"cannot {verb} cache database {self.path}: {error.strerror or error}") from error
 
     def _locked(self) -> Any:
         """An exclusive flock that serialises opening, migrating and setting aside between processes."""
-        handle = open(self.path.parent / "sqlcache.lock", "a+b")
+        path = self.path.parent / "sqlcache.lock"
+        try:
+            handle = open(path, "a+b")
+        except OSError as error:
+            raise CacheDirectoryError(f"cannot open lock file {path}: {error.strerror or error}") from error
         try:
             os.chmod(handle.name, 0o600)
             fcntl.flock(handle, fcntl.LOCK_EX)

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from sqlcache import CacheManager
+from sqlcache._sqlite import LATEST_SCHEMA
 from sqlcache._pool import ResourcePool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -435,7 +436,7 @@ def test_sql_refuses_writing_pragmas_with_the_read_only_message(cache: Path, sta
 
 
 def test_sql_still_reads_pragmas(cache: Path) -> None:
-    assert as_json(sqlcache("--dir", str(cache), "sql", "PRAGMA user_version", "--json")) == [{"user_version": 2}]
+    assert as_json(sqlcache("--dir", str(cache), "sql", "PRAGMA user_version", "--json")) == [{"user_version": LATEST_SCHEMA}]
     columns = as_json(sqlcache("--dir", str(cache), "sql", "PRAGMA table_info(entries)", "--json"))
     assert "key" in [column["name"] for column in columns]
     assert as_json(sqlcache("--dir", str(cache), "sql", "PRAGMA journal_mode", "--json")) == [{"journal_mode": "wal"}]
