@@ -16,7 +16,7 @@ import math
 import re
 import time
 import uuid
-from typing import Any, Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Sequence
 
 from ._batching import GroupCommitter, ReadCoalescer
 from ._codecs import decode, encode
@@ -39,6 +39,9 @@ from ._store import (
     WriteOp,
     literal_prefix,
 )
+
+if TYPE_CHECKING:
+    from ._decorator import CachedDecorator, KeyMaker
 
 logger = logging.getLogger("sqlcache")
 
@@ -472,6 +475,31 @@ class CacheManager:
         if math.isnan(ttl) or ttl < 0:
             raise ValueError(f"ttl must be >= 0 seconds (0 means no expiry), got {ttl!r}")
         return 0.0 if ttl == math.inf else float(ttl)
+
+    # ------------------------------------------------------------------ decorator
+
+    def cached(
+        self,
+        ttl: float | None = None,
+        *,
+        key: KeyMaker = None,
+        tags: Iterable[str] | None = None,
+        level: CacheLevel | str = CacheLevel.ALL,
+        stale_ttl: float = 0,
+    ) -> CachedDecorator:
+        """Cache what an `async def` function returns, through `get_or_set`::
+
+            @cache_manager.cached(ttl=60, key="market_data:{symbol}:{timeframe}", tags=["market_data", "{symbol}"])
+            async def fetch_market_data(symbol: str, timeframe: str = "1m") -> dict: ...
+
+        `key` and each tag are format strings filled with the call's arguments by parameter name
+        (defaults applied); `key` may also be a callable taking the same arguments, or None for
+        a key made from the function's module, qualified name and JSON-encoded arguments, the
+        same in every process. Concurrent calls with the same key share one call.
+        """
+        from ._decorator import cached
+
+        return cached(lambda: self, ttl, key=key, tags=tags, level=level, stale_ttl=stale_ttl)
 
 
 def _check_key(key: Any) -> None:

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Itera
 import httpx
 import orjson
 
+from ._config import CacheLevel
+from ._decorator import CachedDecorator, KeyMaker, cached
 from ._manager import CacheManager
 from ._ratelimit import RateLimit, TokenBucket
 
@@ -314,6 +316,22 @@ class ResourcePool:
         """The cached value of `key`, or `loader()`'s result cached for `ttl` (`cache_ttl` when
         None). Concurrent callers missing the same key share one loader call."""
         return await self.cache_manager.get_or_set(key, loader, self._ttl(ttl), tags=tags)
+
+    def cached(
+        self,
+        ttl: float | None = None,
+        *,
+        key: KeyMaker = None,
+        tags: Iterable[str] | None = None,
+        level: CacheLevel | str = CacheLevel.ALL,
+        stale_ttl: float = 0,
+    ) -> CachedDecorator:
+        """`CacheManager.cached` on the pool's `cache_manager` (the one it holds at each call);
+        `ttl=None` means the pool's `cache_ttl`, as for the other `cache_*` calls."""
+        return cached(
+            lambda: self.cache_manager, ttl, key=key, tags=tags, level=level, stale_ttl=stale_ttl,
+            default_ttl=lambda: self.cache_ttl,
+        )
 
     def _ttl(self, ttl: float | None) -> float:
         return self.cache_ttl if ttl is None else ttl
