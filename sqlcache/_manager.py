@@ -76,6 +76,7 @@ class CacheManager:
             ("gets", "memory_hits", "disk_lookups", "disk_hits", "sets", "deletes", "disk_evictions", "disk_expirations"),
             0,
         )
+        self._disk_figures = (0, 0)  # (entries, bytes) of the disk tier when get_stats last read them
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -432,10 +433,18 @@ class CacheManager:
     # ------------------------------------------------------------------ stats
 
     async def get_stats(self) -> dict[str, Any]:
-        """Counters of this process plus the size of the shared disk tier."""
-        counts = self._counts
+        """Counters of this process plus the size of the shared disk tier (read now)."""
         store = await self._disk()
-        disk_entries, disk_bytes = await store.size() if store is not None else (0, 0)
+        if store is not None:
+            self._disk_figures = await store.size()
+        return self.stats_snapshot()
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        """`get_stats()` without awaiting anything, for a metrics scrape in another thread: the
+        same dict, with `disk_entries` and `disk_size` as the last `get_stats` read them."""
+        counts = dict(self._counts)
+        disk_entries, disk_bytes = self._disk_figures
+        disk_enabled = self.config.disk_cache_enabled
         gets, lookups = counts["gets"], counts["disk_lookups"]
         hits = counts["memory_hits"] + counts["disk_hits"]
         return {
@@ -444,7 +453,7 @@ class CacheManager:
             "memory_hits": counts["memory_hits"],
             "memory_misses": gets - counts["memory_hits"],
             "memory_hit_rate": _rate(counts["memory_hits"], gets),
-            "disk_enabled": store is not None,
+            "disk_enabled": disk_enabled,
             "disk_size": disk_bytes,
             "disk_entries": disk_entries,
             "disk_max_size": self.config.disk_max_size,
@@ -462,7 +471,7 @@ class CacheManager:
             "disk_evictions": counts["disk_evictions"],
             "expirations": self._memory.expirations + counts["disk_expirations"],
             "invalidation_strategy": self.config.invalidation_strategy.value,
-            "db_path": str(self.config.db_path) if store is not None else None,
+            "db_path": str(self.config.db_path) if disk_enabled else None,
         }
 
     # ------------------------------------------------------------------ argument checks

@@ -442,14 +442,21 @@ class ResourcePool:
         retries, errors (calls ending in an error status or a transport failure),
         transport_failures, rate_limit_waits, rate_limit_wait_seconds, and latency_avg /
         latency_max in seconds per attempt."""
-        cache = await self.cache_manager.get_stats()
+        return self._stats(await self.cache_manager.get_stats())
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        """`get_stats()` without awaiting anything (for a metrics scrape in another thread), with
+        the disk tier's size as the manager's last `get_stats` read it."""
+        return self._stats(self.cache_manager.stats_snapshot())
+
+    def _stats(self, cache: dict[str, Any]) -> dict[str, Any]:
         gets = cache["gets"]
         return {
             "advanced_cache": cache,
             "combined_cache_hit_rate": (cache["memory_hits"] + cache["disk_hits"]) / gets if gets else 0.0,
             "http_pool_size": self.http_pool_size,
             "cache_ttl": self.cache_ttl,
-            "http": {name: stats.as_dict() for name, stats in self._http_stats.items()},
+            "http": {name: stats.as_dict() for name, stats in list(self._http_stats.items())},
         }
 
     # ------------------------------------------------------------------ preloader
