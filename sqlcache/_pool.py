@@ -317,15 +317,8 @@ class ResourcePool:
         None). Concurrent callers missing the same key share one loader call."""
         return await self.cache_manager.get_or_set(key, loader, self._ttl(ttl), tags=tags)
 
-    def cached(
-        self,
-        ttl: float | None = None,
-        *,
-        key: KeyMaker = None,
-        tags: Iterable[str] | None = None,
-        level: CacheLevel | str = CacheLevel.ALL,
-        stale_ttl: float = 0,
-    ) -> CachedDecorator:
+    def cached(self, ttl: float | None = None, *, key: KeyMaker = None, tags: Iterable[str] | None = None,
+               level: CacheLevel | str = CacheLevel.ALL, stale_ttl: float = 0) -> CachedDecorator:
         """`CacheManager.cached` on the pool's `cache_manager` (the one it holds at each call);
         `ttl=None` means the pool's `cache_ttl`, as for the other `cache_*` calls."""
         return cached(

@@ -187,6 +187,18 @@ async def test_concurrent_calls_with_one_key_share_one_call(cm):
     assert all(result == results[0] for result in results[:50])
 
 
+async def assert_lives(decorated, ttl: float, clock, loads: Calls) -> None:
+    """`decorated("BTC")` is called once in `ttl` seconds (by the clock), and again after."""
+    calls = len(loads.calls)
+    await decorated("BTC")
+    clock.advance(ttl - 1)
+    await decorated("BTC")
+    assert len(loads.calls) == calls + 1
+    clock.advance(2)
+    await decorated("BTC")
+    assert len(loads.calls) == calls + 2
+
+
 async def test_ttl_follows_the_clock(cm, clock):
     loads = Calls()
 
@@ -194,12 +206,7 @@ async def test_ttl_follows_the_clock(cm, clock):
     async def price(symbol: str) -> dict:
         return await loads(symbol)
 
-    await price("BTC")
-    clock.advance(59)
-    await price("BTC")
-    assert len(loads.calls) == 1
-    clock.advance(2)
-    assert (await price("BTC"))["call"] == 2
+    await assert_lives(price, 60, clock, loads)
 
 
 async def test_ttl_none_means_default_ttl(cache_dir, clock):
@@ -356,13 +363,7 @@ async def test_pool_cached_uses_the_manager_it_holds_at_each_call(cache_dir, clo
         async def ticker(symbol: str) -> dict:
             return await loads(symbol)
 
-        await ticker("BTC")
-        clock.advance(29)
-        await ticker("BTC")
-        assert len(loads.calls) == 1
-        clock.advance(2)  # past the pool's cache_ttl, which ttl=None means
-        await ticker("BTC")
-        assert len(loads.calls) == 2
+        await assert_lives(ticker, 30, clock, loads)  # the pool's cache_ttl, which ttl=None means
         pool.cache_manager = second  # the guide reassigns it after construction
         await ticker("BTC")
         assert len(loads.calls) == 3
