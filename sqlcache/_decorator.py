@@ -107,10 +107,14 @@ def cached(
 def _check_template(template: str, signature: inspect.Signature, func: Callable[..., Any]) -> None:
     """Every field of `template` must start with a parameter name (`{symbol}`, `{order.id}`)."""
     try:
-        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+        parsed = list(string.Formatter().parse(template))
     except ValueError as error:
         raise ValueError(f"bad format string {template!r} for {_name(func)}: {error} (write {{{{ for a literal brace)") from None
-    for field in fields:
+    for _, field, spec, _ in parsed:
+        if field is None:
+            continue
+        if spec and "{" in spec:  # a nested field, as in "{price:.{digits}f}"
+            _check_template(spec, signature, func)
         name = field.split(".", 1)[0].split("[", 1)[0]
         if name not in signature.parameters:
             known = ", ".join(signature.parameters) or "none"

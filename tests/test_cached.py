@@ -327,6 +327,7 @@ def test_a_plain_function_is_refused(cm):
     ({"key": "market_data:{0}"}, r"\{0\} names no parameter"),
     ({"tags": ["market_data", "{sym}"]}, r"\{sym\} names no parameter"),
     ({"key": "market_data:{symbol"}, "bad format string"),
+    ({"key": "price:{symbol}:{timeframe:>{width}}"}, r"\{width\} names no parameter"),
 ])
 def test_a_format_field_that_names_no_parameter_is_refused(cm, options, match):
     async def fetch(symbol: str, timeframe: str = "1m") -> dict:
