@@ -272,6 +272,7 @@ class CachePreloader:
         self._memory: tuple[CacheManager, _MemoryDatabase] | None = None
         self._open_lock = asyncio.Lock()
         self._started = False
+        self._last_stats: dict[str, Any] | None = None
 
     # ------------------------------------------------------------ registering
 
@@ -468,7 +469,7 @@ class CachePreloader:
         rows = await table.stats(self._tasks)
         now = self._clock()
         task_stats = {name: _task_stats(rows[name], task, now) for name, task in self._tasks.items() if name in rows}
-        return {
+        self._last_stats = {
             "tasks": len(self._tasks),
             "running_tasks": sum(stats["running"] for stats in task_stats.values()),
             "preload_count": sum(stats["run_count"] - stats["error_count"] for stats in task_stats.values()),
@@ -476,6 +477,12 @@ class CachePreloader:
             "started": self._started,
             "task_stats": task_stats,
         }
+        return self._last_stats
+
+    def stats_snapshot(self) -> dict[str, Any] | None:
+        """What the last `get_stats` returned (None before the first): the figures live in the
+        database, which a metrics scrape in another thread must not wait for."""
+        return self._last_stats
 
     # ------------------------------------------------------------ loaders
 
