@@ -32,6 +32,8 @@ What it flags (each a `Violation`, with the read, the value's write and the op t
   changed), `wrong-key` (another key's value), `foreign-memory-value` (a MEMORY-level value seen
   in another process), `read-before-write`, `expired-read` (returned after its ttl), and
   `failed-load-value` (the result of a loader that raised or was cancelled).
+- `unexpected-error`: any op that raised, but for the loaders' deliberate `LoaderFailed` (every
+  argument the workers pass is valid, so a failure is a write failed by another's, or worse).
 - with `evicts=False` (no eviction, no expiry): `lost-value` / `memory-value-lost`, a get that
   missed although a write of k visible to that process completed before it began and no op that
   could remove k (of any outcome) overlaps the window between that write and the read.
@@ -65,7 +67,13 @@ a few hundred milliseconds on 2 cores shared by several busy processes; a stale 
 `sync_interval + SYNC_SLACK` would need its coherence check to stall that long *between* reading the
 log and finishing, which scheduling alone does not do, so a flag past the bound is a real bug."""
 
+LONGEST_WRITE = 5.0
+"""Seconds a write (or a load and its store) may take at most; one invoked longer before a window
+is taken to have landed before it. The workers' writes take milliseconds; a 5 s one is a hang."""
+
 EXPIRY_EPSILON = 1e-3  # float rounding between the worker's time.time() and the cache's clock
+
+EXPECTED_ERROR = "error:LoaderFailed"  # the workers' loaders fail on purpose; any other error is a bug
 
 WRITES = ("set", "load")
 READS = ("get", "get_or_set")
@@ -77,7 +85,8 @@ class Op:
     """One logged operation. `t1` is `math.inf` when the worker died before it returned.
 
     kind: set | get | delete | tag | pattern | clear | get_or_set | load (a loader call).
-    outcome: "ok", "cancelled", "error:<Type>" or "unknown" (no completion logged).
+    outcome: "ok", "cancelled", "error:<Type>" (`error` holds its message) or "unknown" (no
+    completion logged).
     `vid` is the id of the value a set or load wrote; `got` the id a read returned (None: a miss),
     `garbled` the repr of a returned value that is no value any write produced.
     """
@@ -97,6 +106,7 @@ class Op:
     ttl: float | None = None
     got: str | None = None
     garbled: str | None = None
+    error: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -116,7 +126,8 @@ class Op:
             extra += f" level={self.level}"
         if self.tags:
             extra += f" tags={list(self.tags)!r}"
-        return f"{self.proc}/{self.task}#{self.n} {self.kind}({what!r}){extra} [{self.t0:.3f}, {self.t1:.3f}] {self.outcome}"
+        outcome = self.outcome if self.error is None else f"{self.outcome} ({self.error})"
+        return f"{self.proc}/{self.task}#{self.n} {self.kind}({what!r}){extra} [{self.t0:.3f}, {self.t1:.3f}] {outcome}"
 
 
 @dataclass(frozen=True)
@@ -203,6 +214,7 @@ def _op(record: Mapping[str, Any]) -> Op:
         ttl=record.get("ttl"),
         got=record.get("got"),
         garbled=record.get("garbled"),
+        error=record.get("err"),
     )
 
 
@@ -262,12 +274,12 @@ class _Index:
         self.keys = sorted({op.key for op in ops if op.key is not None})
         definite: dict[tuple, list[Op]] = defaultdict(list)  # removers of a value, acknowledged
         possible: dict[tuple, list[Op]] = defaultdict(list)  # anything that may remove a key
-        self.tags_of_key: dict[str, set[str]] = defaultdict(set)
+        self._writes_of_key: dict[str, list[Op]] = defaultdict(list)
         self.procs = sorted({op.proc for op in ops})
         matches = _PatternMatcher(self.keys)
         for op in ops:
             if op.kind in WRITES:
-                self.tags_of_key[op.key].update(op.tags)
+                self._writes_of_key[op.key].append(op)
                 if op.level == "memory":
                     possible[("memory", op.key, op.proc)].append(op)
             if op.kind == "set" or op.kind == "delete":
@@ -292,6 +304,9 @@ class _Index:
             scope: _Timeline(group, [op.end if op.kind != "load" else math.inf for op in group])
             for scope, group in possible.items()
         }
+        for group in self._writes_of_key.values():
+            group.sort(key=lambda op: op.t0)
+        self._write_starts = {key: [op.t0 for op in group] for key, group in self._writes_of_key.items()}
         self._visible_writes: dict[tuple, list[Op]] = defaultdict(list)
         for op in ops:
             if op.kind == "set" and op.ok:
@@ -326,15 +341,24 @@ class _Index:
 
     def possible_removal(self, key: str, reader: str | None, after: float, before: float) -> Op | None:
         """An op of any outcome that may have removed `key` for `reader` (None: the disk)
-        between `after` and `before`: a delete, pattern, clear, tag of any write of the key, or
-        a MEMORY set or load in another process (which drops the disk copy)."""
-        scopes = [("key", key), ("clear",)] + [("tag", tag) for tag in sorted(self.tags_of_key[key])]
+        between `after` and `before`: a delete, pattern, clear, a tag the key's value may have
+        carried, or a MEMORY set or load in another process (which drops the disk copy)."""
+        scopes = [("key", key), ("clear",)] + [("tag", tag) for tag in sorted(self._tags_between(key, after, before))]
         scopes += [("memory", key, proc) for proc in self.procs if proc != reader]
         for scope in scopes:
             found = self.possible(scope).overlapping(after, before)
             if found is not None:
                 return found
         return None
+
+
+    def _tags_between(self, key: str, after: float, before: float) -> set[str]:
+        """Tags the value of `key` may have carried between `after` and `before`: those of the
+        writes of it invoked from `LONGEST_WRITE` before `after` until `before`."""
+        starts = self._write_starts.get(key, [])
+        group = self._writes_of_key.get(key, [])
+        first, last = bisect.bisect_left(starts, after - LONGEST_WRITE), bisect.bisect_left(starts, before)
+        return {tag for op in group[first:last] for tag in op.tags}
 
 
 def _running_max_t0(group: Sequence[Op]) -> list[Op]:
@@ -376,6 +400,8 @@ def check_history(
     for read in ops:
         if read.kind in READS and read.ok:
             violations.extend(_check_read(read, index, bound, default_ttl, evicts))
+        elif read.outcome.startswith("error:") and read.outcome != EXPECTED_ERROR:
+            violations.append(Violation("unexpected-error", f"{read.kind} failed: {read.error}", (read,)))
     return violations
 
 
