@@ -299,9 +299,10 @@ class _Index:
                 if op.kind != "set":
                     possible[scope].append(op)
         self._definite = {scope: _Timeline(group, [op.end for op in group]) for scope, group in definite.items()}
-        # A possible removal may take effect at any time after it was invoked (loads: after L0).
+        # A possible removal takes effect after it was invoked and before it ended (a load: before
+        # its store ended, `LONGEST_WRITE` after the loader returned); never known if it did not end.
         self._possible = {
-            scope: _Timeline(group, [op.end if op.kind != "load" else math.inf for op in group])
+            scope: _Timeline(group, [op.t1 + LONGEST_WRITE if op.kind == "load" else op.end for op in group])
             for scope, group in possible.items()
         }
         for group in self._writes_of_key.values():
@@ -339,14 +340,17 @@ class _Index:
                     best = candidate
         return best
 
-    def possible_removal(self, key: str, reader: str | None, after: float, before: float) -> Op | None:
-        """An op of any outcome that may have removed `key` for `reader` (None: the disk)
-        between `after` and `before`: a delete, pattern, clear, a tag the key's value may have
-        carried, or a MEMORY set or load in another process (which drops the disk copy)."""
+    def possible_removal(self, key: str, reader: str | None, after: float, read: Op | None = None) -> Op | None:
+        """An op of any outcome that may have removed `key` for `read` in process `reader` (None:
+        for the disk, at the end) after `after`: a delete, pattern, clear, a tag the key's value
+        may have carried, or a MEMORY set or load, which drops the disk copy before it fills the
+        memory tier: in another process, and in the reader's own while the read ran."""
+        before = math.inf if read is None else read.t1
         scopes = [("key", key), ("clear",)] + [("tag", tag) for tag in sorted(self._tags_between(key, after, before))]
-        scopes += [("memory", key, proc) for proc in self.procs if proc != reader]
-        for scope in scopes:
-            found = self.possible(scope).overlapping(after, before)
+        windows = [(scope, after) for scope in scopes]
+        windows += [(("memory", key, proc), after if proc != reader else read.t0) for proc in self.procs]
+        for scope, start in windows:
+            found = self.possible(scope).overlapping(start, before)
             if found is not None:
                 return found
         return None
@@ -412,7 +416,7 @@ def _check_read(read: Op, index: _Index, bound: float, default_ttl: float, evict
         if evicts or read.kind != "get":
             return []
         write = index.latest_visible_write(read.key, read.proc, read.t0)
-        if write is None or index.possible_removal(read.key, read.proc, write.t0, read.t1) is not None:
+        if write is None or index.possible_removal(read.key, read.proc, write.t0, read) is not None:
             return []
         kind = "memory-value-lost" if write.level == "memory" else "lost-value"
         return [Violation(kind, f"get of {read.key!r} missed, though nothing could have removed this write", (read, write))]
@@ -497,7 +501,7 @@ def check_final_state(
             if key in present:
                 continue
             write = index.latest_visible_write(key, None, math.inf)
-            if write is not None and index.possible_removal(key, None, write.t0, math.inf) is None:
+            if write is not None and index.possible_removal(key, None, write.t0) is None:
                 violations.append(Violation("lost-acknowledged-set", f"{key!r} is not on disk, though nothing could have removed it", (write,)))
     if tag_index is not None:
         counted = Counter(tag for entry in entries for tag in entry.tags)

@@ -215,3 +215,11 @@ def test_any_error_but_a_failed_loader_is_flagged():
     history = [op("get_or_set", 0, 1, key="k", outcome="error:LoaderFailed"),
                op("delete", 0, 1, key="k", outcome="error:StorageError", error="UNIQUE constraint failed")]
     assert kinds(history) == ["unexpected-error"]
+
+
+def test_without_eviction_a_memory_set_of_the_reading_process_excuses_a_miss_only_while_the_read_runs():
+    # A MEMORY set drops the disk copy before it fills the memory tier: a read in between misses.
+    during = [put("a", 0, 1, proc="P"), put("m", 2, 4, proc="R", level="memory"), get(None, 3, 3.5, proc="R")]
+    assert kinds(during, evicts=False) == []
+    after = [put("a", 0, 1, proc="P"), put("m", 2, 2.5, proc="R", level="memory"), get(None, 3, 3.5, proc="R")]
+    assert kinds(after, evicts=False) == ["memory-value-lost"]
