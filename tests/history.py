@@ -80,7 +80,7 @@ READS = ("get", "get_or_set")
 REMOVALS = ("delete", "tag", "pattern", "clear")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Op:
     """One logged operation. `t1` is `math.inf` when the worker died before it returned.
 
