@@ -3,6 +3,7 @@ promise is flagged, so the checker cannot pass everything without anyone noticin
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -13,13 +14,12 @@ from history import DiskEntry, Op, check_final_state, check_history, load_histor
 SYNC = 0.05  # with the default slack the cross-process bound is 0.3 s
 
 
+_numbers = itertools.count(1)
+
+
 def op(kind: str, t0: float, t1: float = math.inf, proc: str = "P", outcome: str = "ok", **fields) -> Op:
-    op.counter += 1
-    return Op(proc=proc, task=0, n=op.counter, kind=kind, t0=t0, t1=t1, outcome=outcome,
+    return Op(proc=proc, task=0, n=next(_numbers), kind=kind, t0=t0, t1=t1, outcome=outcome,
               tags=tuple(fields.pop("tags", ())), **fields)
-
-
-op.counter = 0
 
 
 def put(vid: str, t0: float, t1: float, proc: str = "P", key: str = "k", level: str = "all", **fields) -> Op:
