@@ -16,9 +16,11 @@ What a cache may do, and what the checker therefore allows:
   never make a value stale, and they may explain a missing one.
 - **`get_or_set` loads are optional writes**: a loader result is dropped when a newer change
   arrived, so a load never replaces anything for certain. But DESIGN says the result "never
-  overwrites a set, delete or invalidation of that key that returned after the load began": a
-  loaded value (write start = the loader's start `L0`) is stale once any such change returned
-  after `L0`. A `get_or_set` *return* is judged by when the value was produced instead
+  overwrites a set, delete or invalidation of that key that returned after the load began". A
+  change invoked before the loader started and returning after it overlaps the load's start, so
+  it may have committed first (then the loaded value is the newer write): either order is legal.
+  So a loaded value (write start = the loader's start `L0`) is stale once a change *invoked*
+  after `L0` returned. A `get_or_set` *return* is judged by when the value was produced instead
   (a change invoked after the loader ended), since callers sharing one load get its result.
 
 What it flags (each a `Violation`, with the read, the value's write and the op that made it stale):
@@ -43,7 +45,7 @@ What it flags (each a `Violation`, with the read, the value's write and the op t
 
 The final state (`check_final_state`) is judged from outside, since eviction is invisible:
 (i) every value on disk is one some DISK/ALL write produced, with that write's tags; (ii) it is
-not superseded: no definite op came after its write (for a loaded value: no change returned after
+not superseded: no definite op came after its write (for a loaded value: no change invoked after
 its load began) -- evicting the newer value must not bring the older one back; (iii) with
 `evicts=False`, every key whose last acknowledged DISK/ALL set is not overlapped or followed by
 any possible removal is present. That is "every acknowledged set survives the kill unless replaced
@@ -457,8 +459,8 @@ def _stale_by(read: Op, write: Op, index: _Index, bound: float) -> Op | None:
                 found = timeline.started_after_and_ended_before(write.end, before)
             elif read.kind == "get_or_set":  # produced by the loader: changes invoked after it ended
                 found = timeline.started_after_and_ended_before(write.t1, before)
-            else:  # stored by a load: changes that returned after the loader began win
-                found = timeline.ended_between(write.t0, before)
+            else:  # stored by a load: changes invoked after the loader began win
+                found = timeline.started_after_and_ended_before(write.t0, before)
             if found is not None:
                 return found
     return None
@@ -471,7 +473,7 @@ def _superseded_by(write: Op, index: _Index) -> Op | None:
         if write.kind == "set":
             found = timeline.started_after_and_ended_before(write.end, math.inf)
         else:
-            found = timeline.ended_between(write.t0, math.inf)
+            found = timeline.started_after_and_ended_before(write.t0, math.inf)
         if found is not None:
             return found
     return None
