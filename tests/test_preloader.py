@@ -5,6 +5,7 @@ no test waits an interval; only the multi-process test runs in real time."""
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
 import subprocess
 import sys
@@ -444,26 +445,141 @@ async def test_statistics_are_kept_in_memory_when_the_disk_tier_is_off(clock, sl
 # ---------------------------------------------------------------- several processes
 
 
+class Workers:
+    """Agent processes (tests/preload_worker.py) sharing one task on one cache directory."""
+
+    def __init__(self, cache_dir: Path, count: int, *options: str) -> None:
+        worker = Path(__file__).with_name("preload_worker.py")
+        command = [sys.executable, str(worker), str(cache_dir), *options]
+        self.processes = [
+            subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(count)
+        ]
+
+    async def ready(self) -> None:
+        """Wait until every worker has opened the database and registered the task."""
+        for process in self.processes:
+            line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 30)
+            assert line == b"ready\n", process.stderr.read().decode() if process.poll() is not None else line
+
+    def go(self) -> None:
+        """Start every worker's preloader at once."""
+        for process in self.processes:
+            process.stdin.write(b"go\n")
+            process.stdin.flush()
+
+    async def finish(self) -> None:
+        for process in self.processes:
+            _, stderr = await asyncio.to_thread(process.communicate, timeout=60)
+            assert process.returncode == 0, stderr.decode()
+
+    def kill(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+    @property
+    def pids(self) -> set[int]:
+        return {process.pid for process in self.processes}
+
+
+def logged_runs(run_log: Path) -> list[tuple[float, float, int]]:
+    """The runs in a worker run log as (start, end, pid), by start; a run that never logged its
+    end lasts forever."""
+    starts: dict[int, list[float]] = {}
+    runs = []
+    for line in run_log.read_text().splitlines():
+        kind, pid, at = line.split()
+        if kind == "start":
+            starts.setdefault(int(pid), []).append(float(at))
+        else:
+            runs.append((starts[int(pid)].pop(0), float(at), int(pid)))
+    runs += [(start, math.inf, pid) for pid, left in starts.items() for start in left]
+    return sorted(runs)
+
+
+def assert_one_run_at_a_time(runs: list[tuple[float, float, int]], interval: float) -> None:
+    """No run began before the one before it ended, nor within half an interval of its start."""
+    for (start, end, pid), (next_start, _, next_pid) in zip(runs, runs[1:]):
+        assert next_start >= end, f"run of {next_pid} at {next_start} overlapped that of {pid} {start}..{end}: {runs}"
+        assert next_start - start > 0.5 * interval, f"two runs in one interval: {runs}"
+
+
 async def test_two_processes_sharing_a_task_run_it_once_per_interval_in_all(cache_dir, http_server):
     http_server.script("/shared", Response.json(CANDLES))
-    interval = 0.5
-    start_at = time.time() + 1.5  # both processes have imported sqlcache by then
-    stop_at = start_at + 3.2
-    worker = Path(__file__).with_name("preload_worker.py")
-    command = [sys.executable, str(worker), str(cache_dir), http_server.url("/shared"), str(interval), str(start_at), str(stop_at)]
-    processes = [subprocess.Popen(command, stderr=subprocess.PIPE) for _ in range(2)]
-    for process in processes:
-        _, stderr = await asyncio.to_thread(process.communicate, timeout=30)
-        assert process.returncode == 0, stderr.decode()
+    interval, run_for = 0.5, 3.2
+    workers = Workers(cache_dir, 2, "--url", http_server.url("/shared"), "--interval", str(interval), "--run-for", str(run_for))
+    try:
+        await workers.ready()
+        workers.go()
+        await workers.finish()
+    finally:
+        workers.kill()
 
     hits = http_server.hits("/shared")
     starts = sorted(float(hit.query["started"][0]) for hit in hits)
     gaps = [round(later - earlier, 3) for earlier, later in zip(starts, starts[1:])]
     # Without the lease both processes would run at every interval: twice the requests, in pairs.
-    assert 4 <= len(hits) <= (stop_at - start_at) / interval + 1, gaps
+    assert 4 <= len(hits) <= run_for / interval + 1, gaps
     assert min(gaps) > 0.5 * interval, f"two runs in one interval: {gaps}"
-    assert {hit.query["pid"][0] for hit in hits} <= {str(process.pid) for process in processes}
+    assert {hit.query["pid"][0] for hit in hits} <= {str(pid) for pid in workers.pids}
     assert table_rows(cache_dir, "SELECT run_count, error_count, running_in FROM preload_tasks") == [(len(hits), 0, None)]
+
+
+async def test_a_plain_function_loader_longer_than_any_lease_still_runs_once_in_all_processes(cache_dir, tmp_path):
+    # The first run blocks in time.sleep for 6.5 s: over 6 lease lengths (1 s), and past its
+    # timeout (0.5 s) plus any margin a lease taken once could have had. Its process must keep
+    # the lease while it runs, so the other process waits, and both run once per interval after.
+    run_log = tmp_path / "runs.log"
+    interval = 0.5
+    workers = Workers(
+        cache_dir, 2, "--run-log", str(run_log), "--plain", "--first-duration", "6.5", "--duration", "0.05",
+        "--interval", str(interval), "--timeout", "0.5", "--lease", "1", "--run-for", "8.5",
+    )
+    try:
+        await workers.ready()
+        workers.go()
+        await workers.finish()
+    finally:
+        workers.kill()
+
+    runs = logged_runs(run_log)
+    assert len(runs) >= 2, runs  # the long one, then (after a backoff: it timed out) short ones
+    assert runs[0][1] - runs[0][0] >= 6.5
+    assert_one_run_at_a_time(runs, interval)
+    stats = table_rows(cache_dir, "SELECT run_count, error_count, last_error, running_in FROM preload_tasks")
+    assert stats == [(len(runs), 1, "timed out after 0.5s", None)]  # the long run's result was not wanted
+    assert table_rows(cache_dir, "SELECT json_extract(value_json, '$.pid') FROM cache_entries") != []
+
+
+async def test_a_claim_that_waits_long_for_the_lock_still_holds_its_lease_for_the_whole_run(cache_dir, tmp_path):
+    # Another connection holds the write lock for 5.7 s while both processes' claims wait for it
+    # (their busy timeout is 10 s): longer than the lease (1 s), and than the timeout (1 s) plus
+    # any margin a lease timed from before the wait could have. The process that gets the lock
+    # first must hold the lease from then on, so the other cannot start while its run (0.9 s) lasts.
+    run_log = tmp_path / "runs.log"
+    interval = 1.0
+    workers = Workers(
+        cache_dir, 2, "--run-log", str(run_log), "--duration", "0.9", "--interval", str(interval),
+        "--timeout", "1", "--lease", "1", "--busy-timeout", "10", "--run-for", "8",
+    )
+    try:
+        await workers.ready()
+        with sqlite3.connect(cache_dir / "sqlcache.db", isolation_level=None) as blocker:
+            blocker.execute("BEGIN IMMEDIATE")  # the write lock, as a `sqlite3` shell user could take it
+            workers.go()
+            await asyncio.sleep(5.7)
+            blocker.execute("COMMIT")
+        await workers.finish()
+    finally:
+        workers.kill()
+
+    runs = logged_runs(run_log)
+    assert len(runs) >= 2, runs
+    assert_one_run_at_a_time(runs, interval)
+    stats = table_rows(cache_dir, "SELECT run_count, error_count, last_error, running_in FROM preload_tasks")
+    assert stats == [(len(runs), 0, None, None)]
 
 
 # ---------------------------------------------------------------- stopping
