@@ -9,6 +9,7 @@ import math
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -305,6 +306,74 @@ async def test_a_task_never_overlaps_itself_in_this_process_or_another(resource_
         assert await other.cache_get("slow") == "slow value"
     finally:
         await other.close()
+
+
+async def test_the_lease_follows_the_hosts_clock_not_the_schedules(resource_pool, cache_dir, clock, sleep):
+    slow_loader = GatedLoader("slow value")
+    resource_pool.register_preload_task("slow", slow_loader, 10, cache_key="slow")
+    run = asyncio.create_task(resource_pool.run_preload_task_now("slow"))
+    await slow_loader.entered.wait()
+    other = make_pool(cache_dir, clock, sleep)
+    other.register_preload_task("slow", counting_loader([], clock), 10, cache_key="slow")
+    try:
+        clock.advance(3600)  # the schedule's clock jumps: a live run's lease must not lapse with it
+        assert await other.run_preload_task_now("slow") is False
+        assert (await other.get_preloader_stats())["running_tasks"] == 1
+        slow_loader.gate.set()
+        assert await run is True
+
+        # A process that died mid-run left a lease that lapsed a second ago on the host's clock;
+        # a fake clock standing still (at 2023 here) must not keep it alive.
+        with sqlite3.connect(cache_dir / "sqlcache.db") as db:
+            db.execute("UPDATE preload_task_state SET lease_owner = 'crashed', lease_until = ?", (time.time() - 1,))
+        assert await other.run_preload_task_now("slow") is True
+    finally:
+        await other.close()
+
+
+async def test_a_run_that_lost_its_lease_does_not_store_its_result(resource_pool, cache_dir):
+    late = GatedLoader("late value")
+    await resource_pool.cache_set("prices", "new owner's value")
+    resource_pool.register_preload_task("prices", late, 10, cache_key="prices")
+    run = asyncio.create_task(resource_pool.run_preload_task_now("prices"))
+    await late.entered.wait()
+    with sqlite3.connect(cache_dir / "sqlcache.db") as db:  # as if the lease lapsed and was claimed
+        db.execute("UPDATE preload_task_state SET lease_owner = 'other:1:x', lease_until = ?", (time.time() + 60,))
+    late.gate.set()
+
+    assert await run is False
+    assert await resource_pool.cache_get("prices") == "new owner's value"
+    stats = (await resource_pool.get_preloader_stats())["task_stats"]["prices"]
+    assert stats["last_error"].startswith("lease lost")
+    assert table_rows(cache_dir, "SELECT running_in FROM preload_tasks") == [("other:1:x",)]  # left to its owner
+
+
+async def test_a_plain_function_loader_runs_off_the_event_loop(resource_pool):
+    release = threading.Event()
+
+    def blocking_fetch(symbol):
+        if not release.wait(5):  # set by the event loop below, which must keep running meanwhile
+            raise RuntimeError("the event loop was blocked")
+        return {"symbol": symbol, "price": 42000}
+
+    resource_pool.register_preload_task("blocking", blocking_fetch, 10, args=["BTC"], cache_key="blocking")
+    run = asyncio.create_task(resource_pool.run_preload_task_now("blocking"))
+    await asyncio.sleep(0.01)
+    assert (await resource_pool.get_preloader_stats())["running_tasks"] == 1
+    release.set()
+
+    assert await run is True
+    assert await resource_pool.cache_get("blocking") == {"symbol": "BTC", "price": 42000}
+
+
+async def test_a_plain_function_may_return_an_awaitable(resource_pool):
+    async def fetch(symbol):
+        return {"symbol": symbol}
+
+    resource_pool.register_preload_task("lambda", lambda: fetch("ETH"), 10, cache_key="eth")
+
+    assert await resource_pool.run_preload_task_now("lambda") is True
+    assert await resource_pool.cache_get("eth") == {"symbol": "ETH"}
 
 
 # ---------------------------------------------------------------- failures
