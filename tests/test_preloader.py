@@ -515,7 +515,11 @@ async def test_statistics_are_kept_in_memory_when_the_disk_tier_is_off(clock, sl
 
 
 class Workers:
-    """Agent processes (tests/preload_worker.py) sharing one task on one cache directory."""
+    """Agent processes (tests/preload_worker.py) sharing one task on one cache directory.
+
+    `async with Workers(...) as workers:` starts them and waits until each is ready; the body
+    calls `go()`; leaving waits for them to finish cleanly (or kills them on an error).
+    """
 
     def __init__(self, cache_dir: Path, count: int, *options: str) -> None:
         worker = Path(__file__).with_name("preload_worker.py")
@@ -525,11 +529,23 @@ class Workers:
             for _ in range(count)
         ]
 
-    async def ready(self) -> None:
+    async def __aenter__(self) -> "Workers":
         """Wait until every worker has opened the database and registered the task."""
-        for process in self.processes:
-            line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 30)
-            assert line == b"ready\n", process.stderr.read().decode() if process.poll() is not None else line
+        try:
+            for process in self.processes:
+                line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 30)
+                assert line == b"ready\n", process.stderr.read().decode() if process.poll() is not None else line
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    async def __aexit__(self, error_type, error, traceback) -> None:
+        try:
+            if error_type is None:
+                await self.finish()
+        finally:
+            self.kill()
 
     def go(self) -> None:
         """Start every worker's preloader at once."""
@@ -543,6 +559,7 @@ class Workers:
             assert process.returncode == 0, stderr.decode()
 
     def kill(self) -> None:
+        """End any worker still running (the test failed)."""
         for process in self.processes:
             if process.poll() is None:
                 process.kill()
@@ -578,13 +595,9 @@ def assert_one_run_at_a_time(runs: list[tuple[float, float, int]], interval: flo
 async def test_two_processes_sharing_a_task_run_it_once_per_interval_in_all(cache_dir, http_server):
     http_server.script("/shared", Response.json(CANDLES))
     interval, run_for = 0.5, 3.2
-    workers = Workers(cache_dir, 2, "--url", http_server.url("/shared"), "--interval", str(interval), "--run-for", str(run_for))
-    try:
-        await workers.ready()
+    options = ["--url", http_server.url("/shared"), "--interval", str(interval), "--run-for", str(run_for)]
+    async with Workers(cache_dir, 2, *options) as workers:
         workers.go()
-        await workers.finish()
-    finally:
-        workers.kill()
 
     hits = http_server.hits("/shared")
     starts = sorted(float(hit.query["started"][0]) for hit in hits)
@@ -602,16 +615,12 @@ async def test_a_plain_function_loader_longer_than_any_lease_still_runs_once_in_
     # the lease while it runs, so the other process waits, and both run once per interval after.
     run_log = tmp_path / "runs.log"
     interval = 0.5
-    workers = Workers(
-        cache_dir, 2, "--run-log", str(run_log), "--plain", "--first-duration", "6.5", "--duration", "0.05",
+    options = [
+        "--run-log", str(run_log), "--plain", "--first-duration", "6.5", "--duration", "0.05",
         "--interval", str(interval), "--timeout", "0.5", "--lease", "1", "--run-for", "8.5",
-    )
-    try:
-        await workers.ready()
+    ]
+    async with Workers(cache_dir, 2, *options) as workers:
         workers.go()
-        await workers.finish()
-    finally:
-        workers.kill()
 
     runs = logged_runs(run_log)
     assert len(runs) >= 2, runs  # the long one, then (after a backoff: it timed out) short ones
@@ -629,20 +638,16 @@ async def test_a_claim_that_waits_long_for_the_lock_still_holds_its_lease_for_th
     # first must hold the lease from then on, so the other cannot start while its run (0.9 s) lasts.
     run_log = tmp_path / "runs.log"
     interval = 1.0
-    workers = Workers(
-        cache_dir, 2, "--run-log", str(run_log), "--duration", "0.9", "--interval", str(interval),
+    options = [
+        "--run-log", str(run_log), "--duration", "0.9", "--interval", str(interval),
         "--timeout", "1", "--lease", "1", "--busy-timeout", "10", "--run-for", "8",
-    )
-    try:
-        await workers.ready()
+    ]
+    async with Workers(cache_dir, 2, *options) as workers:
         with sqlite3.connect(cache_dir / "sqlcache.db", isolation_level=None) as blocker:
             blocker.execute("BEGIN IMMEDIATE")  # the write lock, as a `sqlite3` shell user could take it
             workers.go()
             await asyncio.sleep(5.7)
             blocker.execute("COMMIT")
-        await workers.finish()
-    finally:
-        workers.kill()
 
     runs = logged_runs(run_log)
     assert len(runs) >= 2, runs
