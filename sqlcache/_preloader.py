@@ -50,10 +50,10 @@ from ._sqlite import connect
 logger = logging.getLogger("sqlcache")
 
 LEASE_BUSY_TIMEOUTS = 6
-"""Default lease length, in busy timeouts (30 s with the default 5 s): renewed every third of
-it, a lease lapses only if no renewal reached the database for 4 busy timeouts, long past the
-point where every write of the cache fails with `CacheBusyError`. It is also the longest a task
-waits after a process died in the middle of a run (a stopped process gives its leases back)."""
+"""Default lease length, in busy timeouts (30 s with the default 5 s). Renewed every third of
+it (10 s), a lease is given up only if no renewal got through for over 3 busy timeouts on end,
+long after every write of the cache has failed with `CacheBusyError`. It is also the longest a
+task waits after a process died in the middle of a run (a stopped process gives its leases back)."""
 RENEWALS_PER_LEASE = 3
 """Renewals due per lease length: a renewal may fail, or wait out a busy timeout, twice in a row
 and the lease still holds."""
