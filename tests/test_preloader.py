@@ -349,16 +349,17 @@ async def test_a_run_that_lost_its_lease_does_not_store_its_result(resource_pool
 
 
 async def test_a_plain_function_loader_runs_off_the_event_loop(resource_pool):
-    release = threading.Event()
+    entered, release = threading.Event(), threading.Event()
 
     def blocking_fetch(symbol):
+        entered.set()
         if not release.wait(5):  # set by the event loop below, which must keep running meanwhile
             raise RuntimeError("the event loop was blocked")
         return {"symbol": symbol, "price": 42000}
 
     resource_pool.register_preload_task("blocking", blocking_fetch, 10, args=["BTC"], cache_key="blocking")
     run = asyncio.create_task(resource_pool.run_preload_task_now("blocking"))
-    await asyncio.sleep(0.01)
+    assert await asyncio.to_thread(entered.wait, 5)
     assert (await resource_pool.get_preloader_stats())["running_tasks"] == 1
     release.set()
 
