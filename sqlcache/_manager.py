@@ -64,13 +64,16 @@ _MEMORY, _DISK, _NOWHERE = "memory", "disk", None
 
 
 class _Flight:
-    """One `get_or_set` load shared by every caller of its key."""
+    """One `get_or_set` load shared by every caller of its key.
 
-    __slots__ = ("future", "spoiled")
+    A change to the key while it runs detaches it: callers that arrive after the change start a
+    load of their own instead of sharing a result that may predate the change."""
 
-    def __init__(self, future: asyncio.Future[Any]):
-        self.future = future
-        self.spoiled = False  # a local change touched the key meanwhile (used with no disk tier)
+    __slots__ = ("future", "detached")
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[Any]
+        self.detached = False
 
 
 class _LoopBound:
@@ -294,8 +297,9 @@ class CacheManager:
         store = await self._disk()
         bound = self._here()
         self._counts["sets"] += 1
+        if since is None:
+            self._detach_flights(bound, key)
         if store is None:
-            self._spoil_flight(bound, key)
             self._memory.set(key, Entry(value, expires_at, tags))
             return
 
@@ -323,8 +327,9 @@ class CacheManager:
 
         def drop_from_memory() -> KeySet:
             bound.reader.spoil(key)
-            self._spoil_flight(bound, key)
             return self._memory.invalidate_keys((key,), now)
+
+        self._detach_flights(bound, key)
 
         return bool(await self._invalidate(Remove((key,)), drop_from_memory, now))
 
@@ -362,7 +367,7 @@ class CacheManager:
         """Run a removal on disk, then in memory; count distinct live keys removed in either."""
         bound = self._here()
         if not isinstance(op, Remove):
-            self._spoil_flight(bound, None)
+            self._detach_flights(bound, None)
         if await self._disk() is None:
             return len(drop_from_memory())
 
@@ -429,14 +434,16 @@ class CacheManager:
         bound = self._here()
         flight = bound.flights.get(key)
         if flight is None:
-            flight = _Flight(asyncio.ensure_future(self._get_or_load(key, loader, ttl, level, tags)))
-            bound.flights[key] = flight
+            flight = bound.flights[key] = _Flight()
+            flight.future = asyncio.ensure_future(self._get_or_load(key, loader, ttl, level, tags, flight))
             flight.future.add_done_callback(lambda done: _end_flight(bound.flights, key, flight))
         value, source = await asyncio.shield(flight.future)
         self._count_get(key, source, self._clock())
         return value
 
-    async def _get_or_load(self, key: str, loader: Callable[[], Any], ttl: Any, level: Any, tags: Any) -> tuple[Any, str | None]:
+    async def _get_or_load(
+        self, key: str, loader: Callable[[], Any], ttl: Any, level: Any, tags: Any, flight: _Flight
+    ) -> tuple[Any, str | None]:
         value = await self._get_from_disk(key, self._clock())
         if value is not _MISSING:
             return value, _DISK
@@ -445,18 +452,17 @@ class CacheManager:
         value = loader()
         if inspect.isawaitable(value):
             value = await value
-        flight = self._here().flights.get(key)
-        if store is not None or flight is None or not flight.spoiled:
+        if store is not None or not flight.detached:  # with no disk tier there is no log to ask
             await self._set(key, value, ttl, level, tags, since)
         return value, _NOWHERE
 
-    def _spoil_flight(self, bound: _LoopBound, key: str | None) -> None:
-        """With no disk tier (no log to ask): a local change to `key` (None: to any key) means
-        loads in flight must not store their results."""
-        if self._store is None:
-            for flight_key, flight in bound.flights.items():
-                if key is None or flight_key == key:
-                    flight.spoiled = True
+    @staticmethod
+    def _detach_flights(bound: _LoopBound, key: str | None) -> None:
+        """A change to `key` (None: to any key) detaches the loads in flight it may touch."""
+        for flight_key in [key] if key is not None else list(bound.flights):
+            flight = bound.flights.pop(flight_key, None)
+            if flight is not None:
+                flight.detached = True
 
     # ------------------------------------------------------------------ coherence
 
@@ -477,13 +483,16 @@ class CacheManager:
 
     def _apply_changes(self, changes: Changes) -> None:
         now = self._clock()
-        reader = self._here().reader
+        bound = self._here()
+        reader = bound.reader
         if not changes.complete:
             self._memory.clear()
             reader.spoil_all()
+            self._detach_flights(bound, None)
             return
         memory = self._memory
         for seq, kind, arg in changes.changes:
+            self._detach_flights(bound, arg if kind == "key" else None)
             if kind == "key":
                 memory.invalidate_keys((arg,), now, before=seq)
                 reader.spoil(arg)
