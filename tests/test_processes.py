@@ -85,6 +85,18 @@ async def test_sets_that_returned_survive_kill_9(cache_dir):
         assert await cache.invalidate_by_tag("t0") == len(range(0, stats["disk_entries"], 7))
 
 
+def test_the_files_stay_bounded_whatever_the_process_lifetimes(cache_dir):
+    """DESIGN.md: database plus WAL within 2 x disk_max_size + 16 MiB, with the purge off and
+    every writer short-lived (so no background trim ever runs): the writes trim the log."""
+    max_bytes, bound = 256 * 1024, 2 * 256 * 1024 + 16 * 1024 * 1024
+    largest = 0
+    for _ in range(8):  # 8 x 3000 sets of 1 KiB keys: 24 MB of log rows if nothing trimmed them
+        start("burst", str(cache_dir), str(max_bytes), "3000").wait(timeout=60)
+        files = [cache_dir / "sqlcache.db", cache_dir / "sqlcache.db-wal"]
+        largest = max(largest, sum(path.stat().st_size for path in files if path.exists()))
+    assert largest <= bound, f"{largest / 2**20:.1f} MiB > {bound / 2**20:.1f} MiB"
+
+
 async def test_four_processes_of_mixed_work_lose_nothing(cache_dir):
     async with CacheManager({"disk_cache_dir": str(cache_dir)}):
         pass  # create the file once, so the workers race only on their work
