@@ -200,13 +200,19 @@ class CacheManager:
         if time.monotonic() >= self._next_sync:
             await self._sync()
         now = self._clock()
-        entry = self._memory.get(key, now)
+        entry = self._memory_hit(key, now)
         if entry is not None:
-            self._count_get(key, _MEMORY, now)
             return entry.value
         value = await self._get_from_disk(key, now)
         self._count_get(key, _NOWHERE if value is _MISSING else _DISK, now)
         return default if value is _MISSING else value
+
+    def _memory_hit(self, key: str, now: float) -> Entry | None:
+        """The live memory entry of `key`, counted as a get answered from memory; or None."""
+        entry = self._memory.get(key, now)
+        if entry is not None:
+            self._count_get(key, _MEMORY, now)
+        return entry
 
     async def _get_from_disk(self, key: str, now: float) -> Any:
         """The live value of `key` on disk (promoted to memory), or `_MISSING`; not counted."""
@@ -426,10 +432,8 @@ class CacheManager:
         self._ttl(ttl)
         if time.monotonic() >= self._next_sync:
             await self._sync()
-        now = self._clock()
-        entry = self._memory.get(key, now)
+        entry = self._memory_hit(key, self._clock())
         if entry is not None:
-            self._count_get(key, _MEMORY, now)
             return entry.value
         bound = self._here()
         flight = bound.flights.get(key)
