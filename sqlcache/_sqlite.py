@@ -106,6 +106,18 @@ READ_CHANGES = "SELECT seq, origin, kind, arg FROM invalidations WHERE seq > ? O
 # The newest log position, so a fresh process starts reading after it.
 READ_LAST_SEQ = "SELECT coalesce(max(seq), 0) FROM invalidations"
 
+# ---------------------------------------------------------------- eviction indexes
+
+# The index each strategy's victims query walks, made on open by the store that evicts by it
+# (migration 0004 explains why they are not all kept); TTL falls back to FIFO for entries that
+# never expire, and its own order is the expiry index every strategy has.
+STRATEGY_INDEXES = {
+    InvalidationStrategy.LRU: ("CREATE INDEX IF NOT EXISTS access_by_recency ON access (accessed_at)",),
+    InvalidationStrategy.LFU: ("CREATE INDEX IF NOT EXISTS access_by_frequency ON access (access_count, accessed_at)",),
+    InvalidationStrategy.FIFO: ("CREATE INDEX IF NOT EXISTS entries_by_creation ON entries (created_at)",),
+    InvalidationStrategy.TTL: ("CREATE INDEX IF NOT EXISTS entries_by_creation ON entries (created_at)",),
+}
+
 # ---------------------------------------------------------------- the write plan's statements
 
 STATEMENTS = {
@@ -323,6 +335,8 @@ class SQLiteStore:
                 # The number comes from a file name we ship, so formatting it in is safe;
                 # PRAGMA takes no parameters.
                 worker.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number:d};\nCOMMIT;")
+        for statement in STRATEGY_INDEXES[self._strategy]:
+            worker.execute(statement)
         self._writer = open_connection(self.path, busy_timeout=0, durability=self._durability)
         self._reader = open_connection(self.path, busy_timeout=0, durability=self._durability)
         self._inode = os.stat(self.path).st_ino
