@@ -945,14 +945,19 @@ def _level(level: Any) -> CacheLevel:
         raise ValueError(f"level must be a CacheLevel or one of 'memory', 'disk', 'all', got {level!r}") from None
 
 
+def _string_list(what: str, items: Any) -> tuple[Any, ...]:
+    """`items` (keys or tags) as a tuple; a single string or a non-iterable is refused."""
+    if isinstance(items, (str, bytes)):
+        raise TypeError(f"{what} must be a list of strings, not a single string")
+    try:
+        return tuple(items)
+    except TypeError:
+        raise TypeError(f"{what} must be a list of strings, not {type(items).__name__}") from None
+
+
 def _keys(keys: Any) -> tuple[str, ...]:
     """`keys` of a *_many call, checked, without repeats, in their order."""
-    if isinstance(keys, (str, bytes)):
-        raise TypeError("keys must be a list of keys, not a single string")
-    try:
-        keys = tuple(keys)
-    except TypeError:
-        raise TypeError(f"keys must be a list of keys, not {type(keys).__name__}") from None
+    keys = _string_list("keys", keys)
     for key in keys:
         _check_key(key)
     return tuple(dict.fromkeys(keys))
@@ -969,12 +974,7 @@ def _stale_ttl(stale_ttl: Any) -> float:
 def _tags(tags: Any) -> tuple[str, ...]:
     if tags is None:
         return ()
-    if isinstance(tags, (str, bytes)):
-        raise TypeError("tags must be a list of strings, not a single string")
-    try:
-        tags = tuple(tags)
-    except TypeError:
-        raise TypeError(f"tags must be a list of strings, not {type(tags).__name__}") from None
+    tags = _string_list("tags", tags)
     for tag in tags:
         _check_text("tag", tag)
     return tuple(sorted(set(tags)))
