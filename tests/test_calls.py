@@ -446,6 +446,27 @@ async def test_another_process_never_gets_a_value_past_its_ttl(cm, other, clock)
     assert not await other.exists("k") and await other.ttl("k") is None
 
 
+async def test_a_refresh_reaches_another_process_s_stale_copy(cm, other, clock):
+    await cm.get_or_set("k", lambda: "v1", ttl=10, stale_ttl=30)
+    assert await other.get_or_set("k", lambda: "other", ttl=10, stale_ttl=30) == "v1"  # in other's memory
+    clock.advance(15)
+    assert await cm.get_or_set("k", lambda: "v2", ttl=10, stale_ttl=30) == "v1"
+    await wait_until(lambda: not cm._here().refreshes)
+    assert await other.get_or_set("k", lambda: "other", ttl=10, stale_ttl=30) == "v2"  # no stale copy left
+
+
+async def test_a_caller_without_stale_ttl_joining_a_stale_load_waits_for_a_fresh_value(cm, clock):
+    await cm.get_or_set("k", lambda: "v1", ttl=10, stale_ttl=30)
+    clock.advance(15)
+    async with CacheManager(cm.config, clock=clock) as fresh:  # the stale value is on disk only
+        stale, loaded = await asyncio.gather(
+            fresh.get_or_set("k", lambda: "v2", ttl=10, stale_ttl=30),
+            fresh.get_or_set("k", lambda: "v3", ttl=10),  # shares the first caller's disk lookup
+        )
+        assert (stale, loaded) == ("v1", "v3")
+        await wait_until(lambda: not fresh._here().refreshes)
+
+
 @pytest.mark.parametrize("stale_ttl, error", [(-1, ValueError), (math.inf, ValueError), ("5", TypeError), (True, TypeError)])
 async def test_bad_stale_ttl_is_refused(cm, stale_ttl, error):
     with pytest.raises(error):
