@@ -67,13 +67,16 @@ _MEMORY, _DISK, _NOWHERE = "memory", "disk", None
 
 
 class _Flight:
-    """One `get_or_set` load shared by every caller of its key."""
+    """One `get_or_set` load shared by every caller of its key.
 
-    __slots__ = ("future", "spoiled")
+    A change to the key while it runs detaches it: callers that arrive after the change start a
+    load of their own instead of sharing a result that may predate the change."""
 
-    def __init__(self, future: asyncio.Future[Any]):
-        self.future = future
-        self.spoiled = False  # a local change touched the key meanwhile (used with no disk tier)
+    __slots__ = ("future", "detached")
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[Any]
+        self.detached = False
 
 
 class _Spoiled:
@@ -270,13 +273,19 @@ class CacheManager:
         if time.monotonic() >= self._next_sync:
             await self._sync()
         now = self._clock()
-        entry = self._memory.get(key, now)
+        entry = self._memory_hit(key, now)
         if entry is not None:
-            self._count_get(key, _MEMORY, now)
             return entry.value
         value = await self._get_from_disk(key, now)
         self._count_get(key, _NOWHERE if value is _MISSING else _DISK, now)
         return default if value is _MISSING else value
+
+    def _memory_hit(self, key: str, now: float) -> Entry | None:
+        """The live memory entry of `key`, counted as a get answered from memory; or None."""
+        entry = self._memory.get(key, now)
+        if entry is not None:
+            self._count_get(key, _MEMORY, now)
+        return entry
 
     async def _get_from_disk(self, key: str, now: float, stale_ttl: float = 0.0) -> Any:
         """The live value of `key` on disk (promoted to memory), or `_MISSING`; not counted.
@@ -319,12 +328,11 @@ class CacheManager:
         found: dict[str, Any] = {}
         missed = []
         for key in keys:
-            entry = self._memory.get(key, now)
+            entry = self._memory_hit(key, now)
             if entry is None:
                 missed.append(key)
             else:
                 found[key] = entry.value
-                self._count_get(key, _MEMORY, now)
         if missed and (self._store is not None or await self._disk() is not None):
             rows, spoiled = await self._here().reader.load_many(missed)
             for key in missed:
@@ -457,9 +465,11 @@ class CacheManager:
         store = await self._disk()
         bound = self._here()
         self._counts["sets"] += len(prepared)
+        if since is None:
+            for item in prepared:
+                self._detach_flights(bound, item.key)
         if store is None:
             for item in prepared:
-                self._spoil_flight(bound, item.key)
                 self._memory.set(item.key, Entry(item.value, item.expires_at, tags, 0, item.stale_until))
             return
 
@@ -543,8 +553,10 @@ class CacheManager:
         def drop_from_memory() -> KeySet:
             for key in keys:
                 bound.reader.spoil(key)
-                self._spoil_flight(bound, key)
             return self._memory.invalidate_keys(keys, now)
+
+        for key in keys:
+            self._detach_flights(bound, key)
 
         return await self._invalidate(Remove(keys), drop_from_memory, now)
 
@@ -582,7 +594,7 @@ class CacheManager:
         """Run a removal on disk, then in memory; count distinct live keys removed in either."""
         bound = self._here()
         if not isinstance(op, Remove):
-            self._spoil_flight(bound, None)
+            self._detach_flights(bound, None)
         if await self._disk() is None:
             return len(drop_from_memory())
 
@@ -650,9 +662,8 @@ class CacheManager:
         if time.monotonic() >= self._next_sync:
             await self._sync()
         now = self._clock()
-        entry = self._memory.get(key, now)
+        entry = self._memory_hit(key, now)
         if entry is not None:
-            self._count_get(key, _MEMORY, now)
             return entry.value
         bound = self._here()
         if stale_ttl:
@@ -663,7 +674,9 @@ class CacheManager:
                 return entry.value
         flight = bound.flights.get(key)
         if flight is None:
-            flight = _start_flight(bound.flights, key, self._get_or_load(key, loader, ttl, level, tags, stale_ttl))
+            flight = _start_flight(
+                bound.flights, key, lambda flight: self._get_or_load(key, loader, ttl, level, tags, stale_ttl, flight)
+            )
         value, source = await asyncio.shield(flight.future)
         now = self._clock()
         if isinstance(value, _Stale):  # the load this caller joined accepted a stale value
@@ -671,31 +684,29 @@ class CacheManager:
                 self._refresh_in_background(bound, key, loader, ttl, level, tags, stale_ttl)
                 value = value.value
             else:  # ... but this caller does not
-                value, source = await self._get_or_load(key, loader, ttl, level, tags, 0.0)
+                value, source = await self._get_or_load(key, loader, ttl, level, tags, 0.0, _Flight())
         self._count_get(key, source, now)
         return value
 
     async def _get_or_load(
-        self, key: str, loader: Callable[[], Any], ttl: Any, level: Any, tags: Any, stale_ttl: float
+        self, key: str, loader: Callable[[], Any], ttl: Any, level: Any, tags: Any, stale_ttl: float, flight: _Flight
     ) -> tuple[Any, str | None]:
         value = await self._get_from_disk(key, self._clock(), stale_ttl)
         if value is not _MISSING:
             return value, _DISK
-        return await self._load(key, loader, ttl, level, tags, stale_ttl, self._here().flights), _NOWHERE
+        return await self._load(key, loader, ttl, level, tags, stale_ttl, flight), _NOWHERE
 
     async def _load(
-        self, key: str, loader: Callable[[], Any], ttl: Any, level: Any, tags: Any, stale_ttl: float,
-        running: dict[str, _Flight],
+        self, key: str, loader: Callable[[], Any], ttl: Any, level: Any, tags: Any, stale_ttl: float, flight: _Flight
     ) -> Any:
-        """`await loader()`, stored under `key` unless a change to it committed meanwhile;
-        `running` holds this load's `_Flight` (spoiled by local changes when there is no disk)."""
+        """`await loader()`, stored under `key` unless a change to it committed meanwhile (with no
+        disk tier, unless a local change detached `flight`, the load or refresh running this)."""
         store = self._store
         since = await store.log_position() if store is not None else None
         value = loader()
         if inspect.isawaitable(value):
             value = await value
-        flight = running.get(key)
-        if store is not None or flight is None or not flight.spoiled:
+        if store is not None or not flight.detached:  # with no disk tier there is no log to ask
             await self._set(key, value, ttl, level, tags, since, stale_ttl)
         return value
 
@@ -705,12 +716,16 @@ class CacheManager:
         """Count a stale value served, and start refreshing `key` unless a refresh is running."""
         self._counts["stale_hits"] += 1
         if key not in bound.refreshes:
-            _start_flight(bound.refreshes, key, self._refresh(key, loader, ttl, level, tags, stale_ttl))
+            _start_flight(
+                bound.refreshes, key, lambda refresh: self._refresh(key, loader, ttl, level, tags, stale_ttl, refresh)
+            )
 
-    async def _refresh(self, key: str, loader: Callable[[], Any], ttl: Any, level: Any, tags: Any, stale_ttl: float) -> None:
+    async def _refresh(
+        self, key: str, loader: Callable[[], Any], ttl: Any, level: Any, tags: Any, stale_ttl: float, refresh: _Flight
+    ) -> None:
         self._counts["stale_refreshes"] += 1
         try:
-            await self._load(key, loader, ttl, level, tags, stale_ttl, self._here().refreshes)
+            await self._load(key, loader, ttl, level, tags, stale_ttl, refresh)
         except Exception as error:
             self._counts["stale_refresh_errors"] += 1
             logger.warning(
@@ -718,14 +733,18 @@ class CacheManager:
                 _shown(key), error,
             )
 
-    def _spoil_flight(self, bound: _LoopBound, key: str | None) -> None:
-        """With no disk tier (no log to ask): a local change to `key` (None: to any key) means
-        loads and refreshes in flight must not store their results."""
-        if self._store is None:
-            for flights in (bound.flights, bound.refreshes):
-                for flight_key, flight in flights.items():
-                    if key is None or flight_key == key:
-                        flight.spoiled = True
+    @staticmethod
+    def _detach_flights(bound: _LoopBound, key: str | None) -> None:
+        """A change to `key` (None: to any key) detaches the loads in flight it may touch, and
+        marks the refreshes it may touch (kept listed: one refresh per key, and `close` cancels it)."""
+        for flight_key in [key] if key is not None else list(bound.flights):
+            flight = bound.flights.pop(flight_key, None)
+            if flight is not None:
+                flight.detached = True
+        for refresh_key in [key] if key is not None else list(bound.refreshes):
+            refresh = bound.refreshes.get(refresh_key)
+            if refresh is not None:
+                refresh.detached = True
 
     # ------------------------------------------------------------------ coherence
 
@@ -746,13 +765,16 @@ class CacheManager:
 
     def _apply_changes(self, changes: Changes) -> None:
         now = self._clock()
-        reader = self._here().reader
+        bound = self._here()
+        reader = bound.reader
         if not changes.complete:
             self._memory.clear()
             reader.spoil_all()
+            self._detach_flights(bound, None)
             return
         memory = self._memory
         for seq, kind, arg in changes.changes:
+            self._detach_flights(bound, arg if kind == "key" else None)
             if kind == "key":
                 memory.invalidate_keys((arg,), now, before=seq)
                 reader.spoil(arg)
@@ -890,10 +912,10 @@ class CacheManager:
         return cached(lambda: self, ttl, key=key, tags=tags, level=level, stale_ttl=stale_ttl)
 
 
-def _start_flight(flights: dict[str, _Flight], key: str, work: Awaitable[Any]) -> _Flight:
-    """Run `work` as the flight of `key` in `flights`, which forgets it when it is done."""
-    flight = _Flight(asyncio.ensure_future(work))
-    flights[key] = flight
+def _start_flight(flights: dict[str, _Flight], key: str, work: Callable[[_Flight], Awaitable[Any]]) -> _Flight:
+    """Run `work(flight)` as the flight of `key` in `flights`, which forgets it when it is done."""
+    flight = flights[key] = _Flight()
+    flight.future = asyncio.ensure_future(work(flight))
     flight.future.add_done_callback(lambda done: _end_flight(flights, key, flight))
     return flight
 

@@ -168,7 +168,7 @@ class Store(Protocol):
 
 
 try:  # the parser `re.compile` itself uses, so the prefix follows Python's own reading of a pattern
-    from re import _constants as _regex_ops, _parser as _regex_parser  # Python 3.11+
+    from re import _constants as _regex_ops, _parser as _regex_parser  # type: ignore[attr-defined]  # Python 3.11+
 except ImportError:  # Python 3.10
     import sre_constants as _regex_ops  # type: ignore[no-redef]
     import sre_parse as _regex_parser  # type: ignore[no-redef]
