@@ -50,6 +50,7 @@ from ._store import (
     StoredRow,
     Touch,
     WriteOp,
+    WriteResult,
     literal_prefix,
 )
 
@@ -150,7 +151,7 @@ class _LoopBound:
     def __init__(self, manager: "CacheManager", loop: asyncio.AbstractEventLoop):
         self.loop = loop
         self.reader = _Reader(manager._read_rows)
-        self.committer: GroupCommitter[WriteOp] = GroupCommitter(manager._write, _may_be_one_ops_fault)
+        self.committer: GroupCommitter[WriteOp] = GroupCommitter(manager._write, _may_be_one_ops_fault, manager._write_now)
         self.flights: dict[str, _Flight] = {}
         self.refreshes: dict[str, _Flight] = {}  # background refreshes of stale values, one per key
         self.open_lock = asyncio.Lock()
@@ -294,7 +295,11 @@ class CacheManager:
             return _MISSING
         if not key.isascii():
             _check_key(key)  # a key SQLite cannot bind must not fail the batch it would join
-        row, promotable = await self._here().reader.load(key)
+        rows = self._store.read_now((key,)) if self._store is not None else {}
+        if rows is not None:
+            row, promotable = rows.get(key), True  # nothing ran between the read and now
+        else:
+            row, promotable = await self._here().reader.load(key)
         return self._row_value(key, row, promotable, now, stale_ttl)
 
     def _row_value(self, key: str, row: StoredRow | None, promotable: bool, now: float, stale_ttl: float = 0.0) -> Any:
@@ -609,14 +614,32 @@ class CacheManager:
 
     async def _write(self, ops: list[WriteOp]) -> list[Any]:
         reads, self._reads = self._reads, {}
-        store = self._store
         try:
-            if store is None:
-                raise CacheError("the cache was closed while this call was pending")
-            result = await store.write(ops, reads, self._clock())
+            result = await self._opened_store().write(ops, reads, self._clock())
         except BaseException:
             self._keep_reads(reads)
             raise
+        return self._committed(result)
+
+    def _write_now(self, ops: list[WriteOp]) -> list[Any] | None:
+        """`_write` when the store can commit at once; None (nothing changed) when it cannot."""
+        reads, self._reads = self._reads, {}
+        try:
+            result = self._opened_store().write_now(ops, reads, self._clock())
+        except BaseException:
+            self._keep_reads(reads)
+            raise
+        if result is None:
+            self._keep_reads(reads)
+            return None
+        return self._committed(result)
+
+    def _opened_store(self) -> SQLiteStore:
+        if self._store is None:
+            raise CacheError("the cache was closed while this call was pending")
+        return self._store
+
+    def _committed(self, result: WriteResult) -> list[Any]:
         self._committed_seq = result.seq  # read by the after_commit callbacks that follow at once
         self._counts["disk_evictions"] += result.evicted
         self._counts["disk_expirations"] += result.expired

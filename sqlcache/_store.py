@@ -156,7 +156,14 @@ class Store(Protocol):
 
     async def read(self, keys: Sequence[str]) -> dict[str, StoredRow]: ...
 
+    def read_now(self, keys: Sequence[str]) -> dict[str, StoredRow] | None:
+        """The rows at once, if they can be had without waiting; None: await `read` instead."""
+
     async def write(self, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float) -> WriteResult: ...
+
+    def write_now(self, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float) -> WriteResult | None:
+        """The batch committed at once, if nothing is in the way; None: await `write` instead
+        (nothing was changed). The fast path of an engine that can answer on the loop's thread."""
 
     async def changes(self) -> Changes | None:
         """Other processes' changes since the last call; None (at once) when there are none."""

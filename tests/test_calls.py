@@ -37,16 +37,18 @@ def disk_rows(manager: CacheManager, sql: str, params=()) -> list[tuple]:
 
 
 class Recorder:
-    """Records the arguments of every call of one of the store's coroutines, then calls it."""
+    """Records the arguments of every call of one of the store's blocking steps, which every
+    read (`_read_rows`: db, keys) or committed batch (`_run_batch`: db, ops, reads, now) runs
+    through, on the loop's connection or in the worker."""
 
     def __init__(self, manager: CacheManager, name: str):
         self.calls: list[tuple] = []
         store = manager._store
         original = getattr(store, name)
 
-        async def recorded(*args):
+        def recorded(db, *args):
             self.calls.append(args)
-            return await original(*args)
+            return original(db, *args)
 
         setattr(store, name, recorded)
 
@@ -76,7 +78,7 @@ async def test_get_many_returns_the_live_values_in_the_order_given(cm, clock):
 async def test_get_many_reads_the_memory_misses_in_one_store_read_and_promotes_them(cm):
     await cm.set("mem", "m", level=CacheLevel.MEMORY)
     await cm.set_many({"d1": 1, "d2": 2}, level=CacheLevel.DISK)
-    reads = Recorder(cm, "read")
+    reads = Recorder(cm, "_read_rows")
     assert await cm.get_many(["mem", "d1", "d2", "nothing"]) == {"mem": "m", "d1": 1, "d2": 2}
     assert [list(keys) for (keys,) in reads.calls] == [["d1", "d2", "nothing"]]
     assert await cm.get_many(["d1", "d2"]) == {"d1": 1, "d2": 2}
@@ -122,7 +124,7 @@ async def test_get_many_refuses_bad_keys_before_reading(cm):
 
 async def test_set_many_stores_every_value_in_one_write_op(cm, clock):
     await cm.open()
-    writes = Recorder(cm, "write")
+    writes = Recorder(cm, "_run_batch")
     await cm.set_many({key: {"close": n} for n, key in enumerate(KEYS)}, ttl=60, tags=["market_data"])
     [(ops, _reads, _now)] = writes.calls
     assert [type(op).__name__ for op in ops] == ["PutMany"]
@@ -187,7 +189,7 @@ async def test_delete_many_counts_the_live_keys_removed_in_one_op(cm, clock):
     await cm.set("both", 3)
     await cm.set("expired", 4, ttl=1)
     clock.advance(2)
-    writes = Recorder(cm, "write")
+    writes = Recorder(cm, "_run_batch")
     assert await cm.delete_many(["memory", "disk", "both", "expired", "missing", "both"]) == 3
     [(ops, _reads, _now)] = writes.calls
     assert [(type(op).__name__, op.keys) for op in ops] == [("Remove", ("memory", "disk", "both", "expired", "missing"))]
