@@ -13,7 +13,7 @@ Statement names and their parameters (each engine's table gives every one):
 | name | parameters | returns |
 |---|---|---|
 | record_reads | many (count, last_read, key) | - |
-| upsert_entry | (key, value, codec, size, tags_json, created_at, expires_at) | [(id,)] |
+| upsert_entry | (key, value, codec, size, tags_json, created_at, expires_at) | [(id,)] (a replaced entry's stale_until becomes NULL) |
 | set_stale_until | (stale_until, id) | - |
 | insert_tag | many (tag, entry_id) | - |
 | touch_entry | (expires_at, expires_at, key, now) | [(key,)] (the live entry it updated) |
