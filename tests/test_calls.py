@@ -407,6 +407,23 @@ async def test_a_set_or_delete_during_a_refresh_wins(cm, clock):
     assert await cm.get("j") == "newer"
 
 
+async def test_stale_values_without_a_disk_tier_and_a_delete_during_the_refresh(clock):
+    release = asyncio.Event()
+
+    async def slow() -> str:
+        await release.wait()
+        return "refreshed"
+
+    async with CacheManager({"disk_cache_enabled": False}, clock=clock) as cm:
+        await cm.get_or_set("k", lambda: "old", ttl=10, stale_ttl=30)
+        clock.advance(15)
+        assert await cm.get_or_set("k", slow, ttl=10, stale_ttl=30) == "old"  # from memory
+        assert await cm.delete("k") is False  # past its ttl: not live, but gone
+        release.set()
+        await wait_until(lambda: not cm._here().refreshes)
+        assert await cm.get_or_set("k", lambda: "loaded", ttl=10, stale_ttl=30) == "loaded"
+
+
 async def test_the_stale_window_keeps_the_row_from_the_purge_until_it_ends(cm, clock):
     await cm.get_or_set("stale", lambda: 1, ttl=10, stale_ttl=30)
     await cm.set("plain", 2, ttl=10)
