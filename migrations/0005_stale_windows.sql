@@ -1,13 +1,16 @@
--- sqlcache schema, version 4: stale windows, for get_or_set(..., stale_ttl=...).
+-- sqlcache schema, version 5: stale windows, for get_or_set(..., stale_ttl=...).
 --
 -- An entry stored with a stale window keeps its row past `expires_at` until `stale_until`, so
 -- that get_or_set can serve the old value while one background call refreshes it. Plain reads
--- still end at `expires_at`; the purge and the "expired first" step of eviction (and the TTL
--- strategy's order) go by the end of the entry's life, `coalesce(stale_until, expires_at)`,
--- through the index below. `expires_at` keeps its own index for the command line's figures.
+-- still end at `expires_at`; the purge, the "expired first" step of eviction and the TTL
+-- strategy's order go by the end of the entry's life, `coalesce(stale_until, expires_at)`
+-- (the same as `expires_at` for an entry without a window), through the index below. It takes
+-- the place of the expiry index, which nothing walks any more: a set writes as many index
+-- pages as before.
 
 ALTER TABLE entries ADD COLUMN stale_until REAL;  -- NULL: no stale window; else >= expires_at
 CREATE INDEX entries_by_end ON entries (coalesce(stale_until, expires_at)) WHERE expires_at IS NOT NULL;
+DROP INDEX entries_by_expiry;
 
 -- The same columns as before, and the window's end last.
 DROP VIEW cache_entries;
