@@ -72,6 +72,9 @@ class CacheConfig:
     """Most rows one purge transaction deletes, so no purge holds the write lock for long."""
     check_on_open: bool = True
     """Run `PRAGMA quick_check` on open and set a damaged file aside."""
+    ttl_jitter: float = 0.0
+    """Fraction j (0 <= j < 1): each set's ttl is multiplied by a random factor in [1 - j, 1],
+    so keys set together do not all expire together."""
 
     @property
     def db_path(self) -> Path:
@@ -116,6 +119,12 @@ def _positive_seconds(name: str, value: Any) -> float:
     return seconds
 
 
+def _fraction(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"config key {name!r} must be a fraction >= 0 and < 1, got {value!r}")
+    return float(value)
+
+
 def _flag(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"config key {name!r} must be True or False, got {value!r}")
@@ -154,4 +163,5 @@ _VALIDATORS = {
     "purge_interval": _seconds,
     "purge_batch_size": _positive_count,
     "check_on_open": _flag,
+    "ttl_jitter": _fraction,
 }
