@@ -466,7 +466,7 @@ def _duration(seconds: float) -> str:
 
 STATS_SQL = {
     "counters": "SELECT entries, bytes FROM counters WHERE id = 1",
-    # Expired entries still on disk, by the partial expiry index.
+    # Expired entries still on disk (a scan: the end-of-life index orders by the stale window's end).
     "expired": "SELECT count(*) FROM entries WHERE expires_at <= ?",
     "never_expiring": "SELECT count(*) FROM entries WHERE expires_at IS NULL",
     "next_expiry": "SELECT min(expires_at) FROM entries WHERE expires_at > ?",

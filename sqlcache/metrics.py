@@ -76,6 +76,9 @@ def _cache_metrics(cache: Mapping[str, Any]) -> Iterator[Metric]:
     evictions = {"memory": cache["memory_evictions"], "disk": cache["disk_evictions"]}
     yield _counter("sqlcache_evictions", "Entries removed to stay under the tier's bound.", evictions, "tier")
     yield _counter("sqlcache_expirations", "Expired entries dropped or found expired.", cache["expirations"])
+    yield _counter("sqlcache_stale_hits", "get_or_set calls answered with a stale value (stale_ttl).", cache["stale_hits"])
+    yield _counter("sqlcache_stale_refreshes", "Background refreshes of stale values started.", cache["stale_refreshes"])
+    yield _counter("sqlcache_stale_refresh_errors", "Background refreshes that failed.", cache["stale_refresh_errors"])
     yield _gauge("sqlcache_memory_entries", "Entries in this process's memory tier.", cache["memory_size"])
     yield _gauge("sqlcache_memory_max_entries", "memory_max_size.", cache["memory_max_size"])
     yield _gauge("sqlcache_disk_bytes", "Bytes of keys and values on disk, as of the last get_stats.", cache["disk_size"])
