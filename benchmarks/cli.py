@@ -61,13 +61,14 @@ async def _run_workloads(ctx: Context, names: set[str] | None) -> None:
     for workload in WORKLOADS:
         if workload.run is None or (names and workload.name not in names):
             continue
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.process_time()
         print(f"[benchmarks] {workload.name} ...", file=sys.stderr, flush=True)
         try:
             await workload.run(ctx)
         finally:
             measure.thaw_heap()
-        print(f"[benchmarks] {workload.name} done in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+        print(f"[benchmarks] {workload.name} done in {time.monotonic() - started:.1f} s "
+              f"({time.process_time() - cpu:.1f} s of CPU in this process)", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> Path:

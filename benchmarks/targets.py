@@ -137,16 +137,19 @@ def _memory(rows: Sequence[Row]) -> Outcome:
 
 
 def _coherence(rows: Sequence[Row]) -> Outcome:
+    """Target 10a. A reader that reads without pause sees a change at most `sync_interval` after
+    it committed; this one reads every `POLL_S`, so that much is added to the bound it is held to."""
     row = find_row(rows, "coherence", w.COHERENCE)
     bound = row.extra["bound_s"] if row else None
-    target = (f"cross-process coherence: another process's change seen within the default sync_interval "
-              f"({bound:g} s) by p99, two real processes" if bound else "cross-process coherence: the default bound holds")
+    target = (f"cross-process coherence, two real processes: another process's change seen by p99 within the "
+              f"default sync_interval ({bound:g} s, + {w.POLL_S * 1e3:g} ms between this reader's reads)"
+              if bound else "cross-process coherence: the default bound holds")
     if row is None or row.stats is None:
         return _missing("10a", target)
     stats = row.stats
     measured = (f"p50 {stats.median_ns / 1e6:.1f} ms, p99 {stats.p99_ns / 1e6:.1f} ms, worst "
                 f"{row.extra['worst_ns'] / 1e6:.1f} ms over {stats.count} changes")
-    return Outcome("10a", target, measured, stats.p99_ns <= bound * 1e9)
+    return Outcome("10a", target, measured, stats.p99_ns <= (bound + w.POLL_S) * 1e9)
 
 
 def evaluate(rows: Sequence[Row]) -> list[Outcome]:
