@@ -263,16 +263,15 @@ async def invalidation(ctx: Context) -> None:
 # ---------------------------------------------------------------------------- Zipf mix
 
 
-class _ZipfMix:
+class ZipfMix:
     """Cache-aside traffic: reads (a miss stores the value) and updates, keys Zipf-distributed."""
 
-    def __init__(self, ctx: Context):
-        scale = ctx.scale
-        self.keys = [data.key(i) for i in range(scale.zipf_keys)]
-        self.values = [data.value(i) for i in range(scale.zipf_keys)]
-        self.draws = data.Zipf(scale.zipf_keys).draw(scale.zipf_ops)
+    def __init__(self, keys: int, ops: int):
+        self.keys = [data.key(i) for i in range(keys)]
+        self.values = [data.value(i) for i in range(keys)]
+        self.draws = data.Zipf(keys).draw(ops)
         rng = random.Random(5)
-        self.writes = [rng.random() < WRITE_SHARE for _ in range(scale.zipf_ops)]
+        self.writes = [rng.random() < WRITE_SHARE for _ in range(ops)]
         self.reads = self.hits = 0
 
     async def op(self, peer: Peer, i: int) -> None:
@@ -308,7 +307,7 @@ async def zipf_mix(ctx: Context) -> None:
         DiskcachePeer("diskcache LFU", policy="least-frequently-used"),
         CashewsPeer(CASHEWS_MEM, backend="mem", size=capacity),
     ]
-    mix = _ZipfMix(ctx)
+    mix = ZipfMix(ctx.scale.zipf_keys, ctx.scale.zipf_ops)
 
     async def body(peer: Peer) -> None:
         await peer.load(data.items(0, capacity, namespace="filler"))
