@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import data, report, targets
+from . import data, measure, report, targets
 from .context import SCALES, Context
 from .peers import RedisPeer
 from .redis_server import RedisServer
@@ -61,10 +61,14 @@ async def _run_workloads(ctx: Context, names: set[str] | None) -> None:
     for workload in WORKLOADS:
         if workload.run is None or (names and workload.name not in names):
             continue
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.process_time()
         print(f"[benchmarks] {workload.name} ...", file=sys.stderr, flush=True)
-        await workload.run(ctx)
-        print(f"[benchmarks] {workload.name} done in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+        try:
+            await workload.run(ctx)
+        finally:
+            measure.thaw_heap()
+        print(f"[benchmarks] {workload.name} done in {time.monotonic() - started:.1f} s "
+              f"({time.process_time() - cpu:.1f} s of CPU in this process)", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -89,7 +93,7 @@ def run(args: argparse.Namespace) -> Path:
         "versions": _versions(),
     }
     outcomes = targets.evaluate(ctx.rows)
-    notes = [server.note, *ctx.notes.values()]
+    notes = [*ctx.notes.values(), server.note]  # a skipped Redis peer points at the server note below
     args.out.mkdir(parents=True, exist_ok=True)
     chart_note = report.chart(ctx.rows, WORKLOADS, args.out / "latest.png")
     if chart_note:

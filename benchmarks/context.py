@@ -36,19 +36,26 @@ class Scale:
     zipf_ops: int
     growth_sizes: tuple[int, ...]
     growth_ops: int
+    rss_entries: int
+    """Entries each cache holds when its resident set is measured (target 9)."""
+    coherence_changes: int
+    """Changes made in another process, each timed until this process stops serving the old value."""
     concurrency: int = 64
 
 
 SCALES = {
     "full": Scale("full", ops=20_000, write_ops=4_000, keys=10_000, invalidation_total=100_000, invalidation_rounds=5, rounds=5,
                   zipf_keys=20_000, zipf_capacity=2_000, zipf_ops=40_000,
-                  growth_sizes=(10_000, 100_000, 1_000_000), growth_ops=2_000),
-    "quick": Scale("quick", ops=3_000, write_ops=640, keys=2_000, invalidation_total=20_000, invalidation_rounds=3, rounds=3,
-                   zipf_keys=5_000, zipf_capacity=500, zipf_ops=8_000,
-                   growth_sizes=(10_000, 40_000), growth_ops=500),
+                  growth_sizes=(10_000, 100_000, 1_000_000), growth_ops=2_000,
+                  rss_entries=100_000, coherence_changes=50),
+    "quick": Scale("quick", ops=2_000, write_ops=400, keys=500, invalidation_total=5_000, invalidation_rounds=2, rounds=3,
+                   zipf_keys=3_000, zipf_capacity=300, zipf_ops=3_000,
+                   growth_sizes=(4_000, 12_000), growth_ops=400,
+                   rss_entries=10_000, coherence_changes=20),
     "smoke": Scale("smoke", ops=128, write_ops=64, keys=200, invalidation_total=2_000, invalidation_rounds=1, rounds=1,
                    zipf_keys=300, zipf_capacity=60, zipf_ops=400,
-                   growth_sizes=(1_000, 2_000), growth_ops=32),
+                   growth_sizes=(1_000, 2_000), growth_ops=32,
+                   rss_entries=2_000, coherence_changes=5),
 }
 
 

@@ -18,6 +18,7 @@ GROUP_SIZE = 1_000
 """Keys per tag group (and per key prefix)."""
 
 _DIGITS = 6  # enough for 1,000,000 keys; the first three digits name the group
+_MASK = 0x7FFF_FFFF  # the value generator's state: 31 bits
 
 
 class Item(NamedTuple):
@@ -54,16 +55,21 @@ def key_template(tag_name: str, namespace: str = "market_data") -> str:
 
 
 def value(index: int) -> dict[str, Any]:
-    """Ten one-minute OHLCV candles for symbol `index`: about 600 bytes as JSON."""
-    rng = random.Random(index)
-    price = 100 + rng.random() * 50
+    """Ten one-minute OHLCV candles for symbol `index`: about 600 bytes as JSON.
+
+    Prices are whole ten-thousandths divided by 10,000 (so each prints with at most four
+    decimals, like a rounded price) from a small integer generator seeded by `index`: the same
+    bytes in every process and every run, and a few microseconds per value, so that making the
+    entries a workload loads costs the harness little next to the caches it times."""
+    state = (index * 2_654_435_761 + 1) & _MASK
+    price = 1_000_000 + state % 500_000  # 100.0000 to 149.9999
     candles = []
     for minute in range(10):
-        open_ = round(price, 4)
-        close = round(price * (1 + rng.uniform(-0.004, 0.004)), 4)
+        state = (state * 1_103_515_245 + 12_345) & _MASK
+        close = price + price * (state % 8_001 - 4_000) // 1_000_000  # within ±0.4 %
         candles.append(
-            [1_700_000_000 + 60 * minute, open_, round(max(open_, close) * 1.001, 4),
-             round(min(open_, close) * 0.999, 4), close, rng.randint(100, 99_999)]
+            [1_700_000_000 + 60 * minute, price / 10_000, max(price, close) * 1_001 // 1_000 / 10_000,
+             min(price, close) * 999 // 1_000 / 10_000, close / 10_000, 100 + state % 99_900]
         )
         price = close
     return {"symbol": f"SYM{index}", "exchange": "binance", "timeframe": "1m", "candles": candles}

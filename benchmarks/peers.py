@@ -140,6 +140,17 @@ class SqlcachePeer(Peer):
     async def invalidate_prefix(self, prefix: str) -> int:
         return await self._cache.invalidate_by_pattern(re.escape(prefix) + ".*")
 
+    @property
+    def sync_interval(self) -> float:
+        """Seconds within which this cache sees another process's change (its configuration)."""
+        return self._cache.config.sync_interval
+
+    async def holds_in_memory(self, key: str) -> bool:
+        """Whether a get of `key` is answered by the memory tier (counted by `get_stats`)."""
+        before = (await self._cache.get_stats())["memory_hits"]
+        await self._cache.get(key)
+        return (await self._cache.get_stats())["memory_hits"] > before
+
     async def bound_here(self) -> None:
         stats = await self._cache.get_stats()
         await self._resize(stats["disk_size"])
@@ -150,6 +161,64 @@ class SqlcachePeer(Peer):
     async def _resize(self, max_bytes: int) -> None:
         self._settings["disk_max_size"] = max_bytes
         await self.reopen()
+
+
+class SqlcacheFileFloor(SqlcachePeer):
+    """Floor: sqlcache's own file, filled through sqlcache, then read by one stdlib `sqlite3`
+    point SELECT: sqlcache's statement on a connection set up as sqlcache's loop reader is
+    (`_sqlite.open_connection`: memory-mapped, autocommit), no decoding. What a disk hit costs
+    if the cache around the SQL cost nothing."""
+
+    family = "sqlite3"
+
+    def __init__(self, label: str = "floor: stdlib sqlite3 on sqlcache's file"):
+        super().__init__(label, memory_max_size=0)
+        self._db: sqlite3.Connection | None = None
+        self._read_one = ""
+
+    async def reopen(self) -> None:
+        """Close the manager (its writes committed) and open the file with stdlib sqlite3."""
+        from sqlcache._sqlite import READ_ONE, open_connection
+
+        await self.close()
+        self._db = open_connection(self._cache.config.db_path, busy_timeout=0)
+        self._read_one = READ_ONE
+
+    async def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        else:
+            await super().close()
+
+    async def get(self, key: str) -> Any:
+        if self._db is None:
+            return await super().get(key)
+        return self._db.execute(self._read_one, (key,)).fetchone()
+
+
+class SqlcacheBesideWriter(SqlcachePeer):
+    """sqlcache while another process (`child.py writer`) keeps setting other keys of the same
+    file every `every` seconds: each coherence check then finds log rows to read."""
+
+    def __init__(self, label: str, every: float):
+        super().__init__(label)
+        self._every = every
+        self._writer: Any = None
+
+    async def _open(self) -> None:
+        from .child import Child
+
+        await super()._open()
+        self._writer = await Child.start("writer", str(self.directory))
+        await self._writer.answer()  # ready
+        await self._writer.ask(f"churn other: {self._every}")
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await self._writer.stop()
+            self._writer = None
+        await super().close()
 
 
 # ---------------------------------------------------------------------------- diskcache

@@ -51,7 +51,39 @@ def _notes(row: Row) -> str:
         parts.append(f"hit rate {row.extra['hit_rate']:.1%}")
     if row.extra.get("removed") is not None:
         parts.append(f"removed {row.extra['removed']:,}")
+    if "worst_ns" in row.extra and row.stats:
+        parts.append(f"worst {duration(row.extra['worst_ns'])} of {row.stats.count} changes")
     return "; ".join(parts)
+
+
+def mebibytes(count: float) -> str:
+    return f"{count / 2**20:,.1f} MiB"
+
+
+def held_bytes(row: Row) -> int:
+    """Resident bytes a cache added while it was filled (see `child.rss`)."""
+    return row.extra["after"] - row.extra["before"]
+
+
+def _memory_table(rows: Sequence[Row]) -> list[str]:
+    """Rows of resident memory (the `memory_rss` workload) rather than of times."""
+    lines = [
+        "| peer | entries | resident before | resident after | held | per entry | ratio to the first row | notes |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    measured = [row for row in rows if "after" in row.extra]
+    first = held_bytes(measured[0]) if measured else 0
+    for row in rows:
+        if "after" not in row.extra:
+            lines.append(f"| {row.peer} | — | — | — | — | — | — | {_notes(row)} |")
+            continue
+        held, entries = held_bytes(row), row.extra["entries"]
+        ratio = f"{held / first:.2f}×" if first else "—"
+        lines.append(
+            f"| {row.peer} | {entries:,} | {mebibytes(row.extra['before'])} | {mebibytes(row.extra['after'])} | "
+            f"{mebibytes(held)} | {held / entries:,.0f} B | {ratio} | filled in {row.extra['fill_seconds']:.1f} s |"
+        )
+    return lines
 
 
 def _stall(stats: Stats) -> str:
@@ -74,6 +106,8 @@ def workload_table(rows: Sequence[Row], workload: Workload) -> list[str]:
     lines = [f"### {workload.title} (`{workload.name}`)", "", workload.description, ""]
     if not mine:
         return lines + ["Not run.", ""]
+    if any("after" in row.extra for row in mine):
+        return lines + _memory_table(mine) + [""]
     lines += [
         "| peer | operation | median | p99 | ops/s | longest loop stall (preempted) | sqlcache faster by | notes |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",

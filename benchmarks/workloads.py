@@ -7,12 +7,16 @@ after loading, so every peer starts from what a freshly started process would se
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import random
+import sys
+import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from . import data, measure
+from .child import Child
 from .context import Context
 from .peers import (
     AiocachePeer,
@@ -22,6 +26,8 @@ from .peers import (
     DiskcachePeer,
     Peer,
     RedisPeer,
+    SqlcacheBesideWriter,
+    SqlcacheFileFloor,
     SqlcachePeer,
     SqliteFloor,
     Unsupported,
@@ -39,8 +45,17 @@ AIOCACHE = "aiocache SimpleMemoryCache"
 DISKCACHE = "diskcache (default policy)"
 DISKCACHE_TAGS = "diskcache (default policy, tag_index)"
 AIOSQLITE = "floor: raw aiosqlite"
+SQLITE_FILE = "floor: stdlib sqlite3 on sqlcache's file"
+RSS_CACHETOOLS = "cachetools LRUCache (bare)"
+RSS_SQLCACHE = "sqlcache (memory tier; disk tier off)"
+RSS_SQLCACHE_DISK = "sqlcache (memory tier; disk tier on)"
+COHERENCE = "sqlcache (default sync_interval), another process setting the key"
+COHERENCE_HIT = "sqlcache (memory tier), another process writing other keys"
+COHERENCE_CACHETOOLS = "cachetools LRUCache (awaited bare get), same time"
 
 WRITE_SHARE = 0.1  # of the Zipf mix's operations
+POLL_S = 0.001  # how often the coherence workload reads the key another process changed
+CHURN_EVERY_S = 0.002  # how often the other process sets a key while memory hits are timed
 
 
 def strategy_label(strategy: str) -> str:
@@ -172,8 +187,8 @@ async def disk_hit(ctx: Context, concurrency: int) -> None:
     name = "disk_hit" if concurrency == 1 else f"disk_hit_{concurrency}"
     keys = _keys(ctx.scale.ops, ctx.scale.keys)
     prepare = _loader(ctx.scale.keys, check=keys[0])
-    await _interleaved(ctx, name, f"get ({_callers(concurrency)})", _disk_peers(), prepare, _getter(keys), len(keys),
-                       concurrency)
+    peers = [*_disk_peers(), SqlcacheFileFloor(SQLITE_FILE)]
+    await _interleaved(ctx, name, f"get ({_callers(concurrency)})", peers, prepare, _getter(keys), len(keys), concurrency)
 
 
 async def durable_set(ctx: Context, concurrency: int) -> None:
@@ -248,16 +263,15 @@ async def invalidation(ctx: Context) -> None:
 # ---------------------------------------------------------------------------- Zipf mix
 
 
-class _ZipfMix:
+class ZipfMix:
     """Cache-aside traffic: reads (a miss stores the value) and updates, keys Zipf-distributed."""
 
-    def __init__(self, ctx: Context):
-        scale = ctx.scale
-        self.keys = [data.key(i) for i in range(scale.zipf_keys)]
-        self.values = [data.value(i) for i in range(scale.zipf_keys)]
-        self.draws = data.Zipf(scale.zipf_keys).draw(scale.zipf_ops)
+    def __init__(self, keys: int, ops: int):
+        self.keys = [data.key(i) for i in range(keys)]
+        self.values = [data.value(i) for i in range(keys)]
+        self.draws = data.Zipf(keys).draw(ops)
         rng = random.Random(5)
-        self.writes = [rng.random() < WRITE_SHARE for _ in range(scale.zipf_ops)]
+        self.writes = [rng.random() < WRITE_SHARE for _ in range(ops)]
         self.reads = self.hits = 0
 
     async def op(self, peer: Peer, i: int) -> None:
@@ -293,7 +307,7 @@ async def zipf_mix(ctx: Context) -> None:
         DiskcachePeer("diskcache LFU", policy="least-frequently-used"),
         CashewsPeer(CASHEWS_MEM, backend="mem", size=capacity),
     ]
-    mix = _ZipfMix(ctx)
+    mix = ZipfMix(ctx.scale.zipf_keys, ctx.scale.zipf_ops)
 
     async def body(peer: Peer) -> None:
         await peer.load(data.items(0, capacity, namespace="filler"))
@@ -343,6 +357,77 @@ async def growth(ctx: Context) -> None:
     await ctx.for_each("growth", peers, body)
 
 
+# ---------------------------------------------------------------------------- memory held
+
+
+async def memory_rss(ctx: Context) -> None:
+    """Resident memory of each cache holding `rss_entries` entries, each filled in a fresh process."""
+    entries = ctx.scale.rss_entries
+    roles = [
+        (CachetoolsPeer(RSS_CACHETOOLS), "cachetools"),
+        (SqlcachePeer(RSS_SQLCACHE), "sqlcache"),
+        (SqlcachePeer(RSS_SQLCACHE_DISK), "sqlcache+disk"),
+    ]
+    for peer, role in roles:
+        if not ctx.usable([peer]):
+            continue
+        started = time.monotonic()
+        child = await Child.start("rss", role, str(entries), str(ctx.scratch / f"rss-{role}"))
+        try:
+            figures = await child.answer()
+        except Exception as error:
+            ctx.fail(peer, "memory_rss", error)
+            continue
+        finally:
+            await child.stop()
+        ctx.record("memory_rss", peer, f"hold {entries:,} entries", None, entries=entries, **figures)
+        print(f"[benchmarks]   {peer.label}: {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------- other processes
+
+
+async def _time_changes(ctx: Context, peer: Peer) -> None:
+    """Another process sets a key this one holds in memory, `coherence_changes` times, each at
+    a random point of the sync cycle; time from its set returning until this process's get
+    stops returning the old value (reading every `POLL_S`)."""
+    assert isinstance(peer, SqlcachePeer)
+    key, bound_s = "coherence:watched", peer.sync_interval
+    writer = await Child.start("writer", str(peer.directory))
+    latencies: list[int] = []
+    stalls = measure.StallMonitor()
+    try:
+        await writer.answer()  # ready
+        await writer.ask(f"set {key} 0")
+        await _check_hit(peer, key)
+        if not await peer.holds_in_memory(key):
+            raise RuntimeError(f"{peer.label}: {key} is not in the memory tier, nothing would be stale")
+        rng = random.Random(3)
+        async with stalls:
+            for n in range(1, ctx.scale.coherence_changes + 1):
+                await asyncio.sleep(rng.uniform(0, bound_s))
+                writer.send(f"set {key} {n}")
+                while await peer.get(key) != {"n": n}:
+                    await asyncio.sleep(POLL_S)
+                seen = time.monotonic()
+                committed = (await writer.answer())["at"]
+                latencies.append(round((seen - committed) * 1e9))
+    finally:
+        await writer.stop()
+    ctx.record("coherence", peer, f"set in another process, until seen (sync_interval {bound_s:g} s)",
+               measure.summarise(latencies, 0, stalls), bound_s=bound_s, worst_ns=max(latencies))
+
+
+async def coherence(ctx: Context) -> None:
+    """Target 10: how soon another process's change is seen, and a memory hit while the check
+    that sees it keeps finding new rows."""
+    await ctx.for_each("coherence", [SqlcachePeer(COHERENCE)], functools.partial(_time_changes, ctx))
+    peers = [SqlcacheBesideWriter(COHERENCE_HIT, every=CHURN_EVERY_S), CachetoolsPeer(COHERENCE_CACHETOOLS)]
+    keys = _keys(ctx.scale.ops, ctx.scale.keys)
+    prepare = _loader(ctx.scale.keys, reopen=False, check=keys[0])
+    await _interleaved(ctx, "coherence", "get", peers, prepare, _getter(keys), len(keys))
+
+
 WORKLOADS = [
     Workload("memory_hit", "Memory-tier hit", "await get of a key the memory tier holds; 1 caller.", memory_hit),
     Workload("disk_hit", "Disk-tier hit, 1 caller",
@@ -371,5 +456,15 @@ WORKLOADS = [
              "(sqlcache: disk bound = that many entries' bytes, memory tier a quarter of it).", zipf_mix),
     Workload("growth", "Growth", "Cost of get, tag invalidation of 1,000 and set-with-eviction as entries grow; "
              "sqlcache disk tier (memory off).", growth),
+    Workload("memory_rss", "Memory held by the memory tier",
+             "Resident set (/proc/self/statm) of a fresh process before and after filling one cache with the same "
+             "entries (the tagged values every workload uses); sqlcache's memory tier sized to hold them all.",
+             memory_rss),
+    Workload("coherence", "Cross-process coherence",
+             "Two real processes on one cache directory. First row: the other process sets a key this one holds "
+             f"in memory, at a random point of the sync cycle; time from that set returning to this process's get "
+             f"returning the new value (read every {POLL_S * 1e3:g} ms). Then memory hits while the other process "
+             f"sets other keys every {CHURN_EVERY_S * 1e3:g} ms, so every coherence check finds new log rows, "
+             "interleaved with a bare cachetools get.", coherence),
 ]
 """In report order."""
