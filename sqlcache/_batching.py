@@ -66,6 +66,13 @@ class ReadCoalescer(Generic[Row]):
         batch.waiters.append((key, future))
         return await future, batch.promotable(key)
 
+    async def load_many(self, keys: Sequence[str]) -> tuple[dict[str, Row], _ReadBatch]:
+        """The rows of `keys` in one fetch of their own (beside the coalesced loads), and the
+        batch whose `promotable(key)` says which may be copied into memory, by the same rule."""
+        batch = _ReadBatch()
+        self._live.add(batch)  # held by the caller while it promotes, then forgotten
+        return await self._fetch(keys), batch
+
     def spoil(self, key: str) -> None:
         if self._live:
             for batch in self._live:

@@ -80,50 +80,6 @@ class _Flight:
         self.detached = False
 
 
-class _Spoiled:
-    """Keys a write or another process's change touched while a `get_many` read was in flight."""
-
-    __slots__ = ("keys", "everything")
-
-    def __init__(self) -> None:
-        self.keys: set[str] = set()
-        self.everything = False
-
-    def promotable(self, key: str) -> bool:
-        return not (self.everything or key in self.keys)
-
-
-class _Reader(ReadCoalescer[StoredRow]):
-    """The read coalescer, plus `load_many`: one fetch of many keys (`get_many`) under the rule
-    `load` keeps, a row whose key was touched while the fetch was in flight is answered but not
-    promoted, since it may carry the old value."""
-
-    def __init__(self, fetch: Callable[[Sequence[str]], Awaitable[dict[str, StoredRow]]]):
-        super().__init__(fetch)
-        self._fetch_many = fetch
-        self._watches: list[_Spoiled] = []
-
-    async def load_many(self, keys: Sequence[str]) -> tuple[dict[str, StoredRow], _Spoiled]:
-        """The stored rows of `keys`, read together; what the caller must not promote. The
-        caller promotes before it next awaits, so nothing can change between."""
-        watch = _Spoiled()
-        self._watches.append(watch)
-        try:
-            return await self._fetch_many(keys), watch
-        finally:
-            self._watches.remove(watch)
-
-    def spoil(self, key: str) -> None:
-        super().spoil(key)
-        for watch in self._watches:
-            watch.keys.add(key)
-
-    def spoil_all(self) -> None:
-        super().spoil_all()
-        for watch in self._watches:
-            watch.everything = True
-
-
 class _Stale(NamedTuple):
     """A disk value past its ttl but inside its stale window, which `get_or_set(..., stale_ttl=)`
     may serve while a background call refreshes it."""
@@ -150,7 +106,7 @@ class _LoopBound:
 
     def __init__(self, manager: "CacheManager", loop: asyncio.AbstractEventLoop):
         self.loop = loop
-        self.reader = _Reader(manager._read_rows)
+        self.reader: ReadCoalescer[StoredRow] = ReadCoalescer(manager._read_rows)
         self.committer: GroupCommitter[WriteOp] = GroupCommitter(manager._write, _may_be_one_ops_fault, manager._write_now)
         self.flights: dict[str, _Flight] = {}
         self.refreshes: dict[str, _Flight] = {}  # background refreshes of stale values, one per key
@@ -350,9 +306,14 @@ class CacheManager:
             else:
                 found[key] = entry.value
         if missed and (self._store is not None or await self._disk() is not None):
-            rows, spoiled = await self._here().reader.load_many(missed)
+            rows = self._store.read_now(missed) if self._store is not None else None
+            if rows is None:
+                rows, batch = await self._here().reader.load_many(missed)
+                promotable = batch.promotable
+            else:
+                promotable = _always  # nothing ran between the read and now
             for key in missed:
-                value = self._row_value(key, rows.get(key), spoiled.promotable(key), now)
+                value = self._row_value(key, rows.get(key), promotable(key), now)
                 if value is not _MISSING:
                     found[key] = value
         for key in missed:
@@ -964,6 +925,10 @@ def _end_flight(flights: dict[str, _Flight], key: str, flight: _Flight) -> None:
         del flights[key]
     if not flight.future.cancelled():
         flight.future.exception()  # retrieved: the callers that are still waiting get it
+
+
+def _always(key: str) -> bool:
+    return True
 
 
 def _may_be_one_ops_fault(error: Exception) -> bool:
