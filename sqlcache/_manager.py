@@ -23,7 +23,7 @@ from ._codecs import decode, encode
 from ._config import CacheConfig, CacheLevel
 from ._exceptions import CacheError
 from ._memory import Entry, KeySet, MemoryTier
-from ._sqlite import SQLiteStore
+from ._engines import make_store
 from ._store import (
     Changes,
     FlushReads,
@@ -34,6 +34,7 @@ from ._store import (
     Removed,
     RemovePattern,
     RemoveTag,
+    Store,
     StoredRow,
     TrimLog,
     WriteOp,
@@ -60,7 +61,7 @@ class CacheManager:
         self._clock = clock or time.time
         self._memory = MemoryTier(self.config.memory_max_size, self.config.invalidation_strategy, self._clock)
         self._origin = uuid.uuid4().hex
-        self._store: SQLiteStore | None = None
+        self._store: Store | None = None
         self._open_lock = asyncio.Lock()
         self._reader: ReadCoalescer[StoredRow] = ReadCoalescer(self._read_rows)
         self._committer: GroupCommitter[WriteOp] = GroupCommitter(self._write)
@@ -111,21 +112,13 @@ class CacheManager:
             self._next_sync = math.inf
             await store.close()
 
-    async def _disk(self) -> SQLiteStore | None:
+    async def _disk(self) -> Store | None:
         """The open disk store, opening it on first use; None when the disk tier is off."""
         if self._store is not None or not self.config.disk_cache_enabled:
             return self._store
         async with self._open_lock:
             if self._store is None:
-                store = SQLiteStore(
-                    self.config.db_path,
-                    max_bytes=self.config.disk_max_size,
-                    strategy=self.config.invalidation_strategy,
-                    origin=self._origin,
-                    busy_timeout=self.config.busy_timeout,
-                    durability=self.config.durability,
-                    check_on_open=self.config.check_on_open,
-                )
+                store = make_store(self.config, self._origin)
                 await store.open()
                 self._memory.clear()  # whatever it held may have changed while the file was closed
                 self._store = store
@@ -188,7 +181,7 @@ class CacheManager:
             counts[0] += 1
             counts[1] = now
 
-    def _opened_store(self) -> SQLiteStore:
+    def _opened_store(self) -> Store:
         if self._store is None:
             raise CacheError("the cache was closed while this call was pending")
         return self._store

@@ -35,3 +35,7 @@ def http_server():
     server = LoopbackServer().start()
     yield server
     server.stop()
+
+
+# A real PostgreSQL server (session) and a fresh database per test: tests/pg_server.py.
+from pg_server import pg_url, postgres_server  # noqa: E402,F401
