@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import glob
+import importlib.util
 import itertools
 import os
 import pwd
@@ -19,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -30,12 +32,9 @@ _databases = itertools.count(1)
 
 def _binaries() -> Path:
     """The directory holding initdb, pg_ctl and postgres."""
-    try:
-        from pgserver._commands import POSTGRES_BIN_PATH
-
-        return Path(POSTGRES_BIN_PATH)
-    except ImportError:
-        pass
+    wheel = importlib.util.find_spec("pgserver")  # located, not imported: its import sets up logging dirs
+    if wheel is not None and wheel.origin is not None:
+        return Path(wheel.origin).parent / "pginstall" / "bin"
     for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
         if Path(candidate, "initdb").exists():
             return Path(candidate)
@@ -117,7 +116,8 @@ class PostgresServer:
     def create_database(self) -> str:
         """A new empty database; its URL."""
         name = f"test_{os.getpid()}_{next(_databases)}"
-        asyncio.run(self._admin(f'CREATE DATABASE "{name}"'))
+        with ThreadPoolExecutor(1) as thread:  # its own event loop, whether or not one runs here
+            thread.submit(asyncio.run, self._admin(f'CREATE DATABASE "{name}"')).result()
         return self.url(name)
 
     async def _admin(self, sql: str) -> None:

@@ -1,0 +1,389 @@
+"""The disk tier on a real PostgreSQL server: the store's contract through `CacheManager`, hosts
+sharing one database, a killed writer, a server that stops and comes back, secrets in messages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from pg_server import PASSWORD, PostgresServer
+from sqlcache import CacheLevel, CacheManager, DatabaseUnavailableError, SchemaVersionError
+from sqlcache._engines import make_store
+from sqlcache._config import CacheConfig
+from sqlcache._postgres import LATEST_SCHEMA, PostgresStore
+from sqlcache._sqlite import SQLiteStore
+from sqlcache._urls import describe_server, parse, redact
+from test_processes import next_line
+
+WORKER = str(Path(__file__).with_name("pg_worker.py"))
+SYNC_INTERVAL = 0.2
+VALUE = "x" * 100  # stored as 102 bytes of JSON; with a 3-byte key, 105 bytes an entry
+
+
+async def query(url: str, sql: str, *args):
+    connection = await asyncpg.connect(url)
+    try:
+        return await connection.fetch(sql, *args)
+    finally:
+        await connection.close()
+
+
+async def disk_keys(url: str) -> set[str]:
+    return {row["key"] for row in await query(url, "SELECT key FROM entries")}
+
+
+@pytest.fixture
+async def cache(pg_url, clock):
+    async with CacheManager({"disk_cache_url": pg_url}, clock=clock) as manager:
+        yield manager
+
+
+# ---------------------------------------------------------------- selecting the engine
+
+
+def test_urls_select_the_engine_and_hide_the_password(tmp_path):
+    assert parse("postgresql://u:pw@db.example:6432/cache").engine == "postgresql"
+    assert parse("postgres://u@/cache?host=/run/postgresql").engine == "postgresql"
+    assert parse("sqlite:////var/cache/app.db").path == Path("/var/cache/app.db")
+    assert redact("postgresql://u:pw@h/d") == "postgresql://u:***@h/d"
+    assert redact("postgresql://u@h/d?password=pw&sslmode=require") == "postgresql://u@h/d?password=***&sslmode=require"
+    assert describe_server("postgresql://u:pw@h1,h2:5433/d") == "h1:5432,h2:5433/d"
+    assert describe_server("postgresql:///d?host=/run/postgresql") == "/run/postgresql:5432/d"
+    with pytest.raises(ValueError, match="disk_cache_url") as bad:
+        CacheConfig.from_mapping({"disk_cache_url": "mysql://u:pw@h/d"})
+    assert "pw" not in str(bad.value)
+    config = CacheConfig.from_mapping({"disk_cache_url": "postgresql://u:pw@h/d"})
+    assert config.disk_cache_url == "postgresql://u:pw@h/d" and "pw" not in repr(config)
+    assert isinstance(make_store(config, "o"), PostgresStore)
+    sqlite_config = CacheConfig.from_mapping({"disk_cache_url": f"sqlite:///{tmp_path}/x.db"})
+    store = make_store(sqlite_config, "o")
+    assert isinstance(store, SQLiteStore) and store.path == tmp_path / "x.db"
+
+
+async def test_a_sqlite_url_puts_the_cache_in_that_file(tmp_path):
+    async with CacheManager({"disk_cache_url": f"sqlite:///{tmp_path}/app.db"}) as manager:
+        await manager.set("k", "v")
+    assert (tmp_path / "app.db").exists() and not (Path("cache") / "app.db").exists()
+
+
+async def test_a_unix_socket_url_with_host_parameter_works(postgres_server, pg_url):
+    url = postgres_server.socket_url(pg_url.rsplit("/", 1)[1])
+    async with CacheManager({"disk_cache_url": url}) as manager:
+        await manager.set("k", "v")
+    assert await disk_keys(pg_url) == {"k"}
+
+
+# ---------------------------------------------------------------- the contract
+
+
+async def test_set_get_delete_levels_and_ttl(cache, clock, pg_url):
+    await cache.set("a", {"n": 1})
+    await cache.set("d", [1, 2], level=CacheLevel.DISK)
+    await cache.set("m", "memory only", level="memory")
+    await cache.set("t", "short", ttl=10)
+    assert await disk_keys(pg_url) == {"a", "d", "t"}
+    assert [await cache.get(key) for key in ("a", "d", "m", "t")] == [{"n": 1}, [1, 2], "memory only", "short"]
+    clock.advance(11)
+    assert await cache.get("t") is None
+    assert await cache.delete("a") is True and await cache.delete("a") is False
+    assert await cache.get("a") is None
+    await cache.set("e", b"\x00bytes", ttl=5)
+    clock.advance(6)
+    assert await cache.purge_expired() == 2  # t and e
+    assert await disk_keys(pg_url) == {"d"}
+
+
+async def test_a_fresh_manager_reads_what_another_wrote(pg_url, clock):
+    async with CacheManager({"disk_cache_url": pg_url}, clock=clock) as first:
+        await first.set("k", {"deep": [1, 2.5, None, "s"]}, ttl=0, tags=["x"])
+    async with CacheManager({"disk_cache_url": pg_url, "memory_max_size": 0}, clock=clock) as second:
+        assert await second.get("k") == {"deep": [1, 2.5, None, "s"]}
+        assert await second.invalidate_by_tag("x") == 1
+
+
+async def test_tags_and_patterns_remove_exactly_their_keys(cache, pg_url):
+    for symbol in ("BTC", "ETH"):
+        for frame in ("1m", "1h"):
+            await cache.set(f"market_data:{symbol}:{frame}", frame, tags=[symbol, "market"])
+    await cache.set("market_dataXBTC", "not in the prefix range")
+    await cache.set("other", 1, tags=["market"])
+    assert await cache.invalidate_by_tag("BTC") == 2
+    assert await cache.invalidate_by_pattern(r"market_data:ETH:1.") == 2
+    assert await disk_keys(pg_url) == {"market_dataXBTC", "other"}
+    assert await cache.invalidate_by_pattern(r"(?!other).*") == 1  # no literal prefix: every key tested
+    assert await cache.invalidate_by_tag("market") == 1
+    assert await disk_keys(pg_url) == set()
+
+
+async def test_a_re_set_replaces_the_tags_and_keeps_the_read_statistics(cache, pg_url):
+    await cache.set("k", 1, tags=["old", "both"])
+    await cache.get("k")
+    await cache.set("k", 2, tags=["both", "new"])
+    [row] = await query(pg_url, "SELECT tags, access_count FROM cache_entries")
+    assert json.loads(row["tags"]) == ["both", "new"] and row["access_count"] == 1
+    assert await cache.invalidate_by_tag("old") == 0
+    assert {r["tag"] for r in await query(pg_url, "SELECT tag FROM cache_tags")} == {"both", "new"}
+
+
+async def test_clear_and_size_are_exact(cache, pg_url):
+    for i in range(50):
+        await cache.set(f"k{i}", "v" * i, tags=[f"t{i % 3}"])
+    await asyncio.gather(*(cache.set(f"k{i}", "w", tags=["t0"]) for i in range(0, 50, 2)))
+    stats = await cache.get_stats()
+    [(entries, size)] = await query(pg_url, "SELECT count(*), sum(size) FROM entries")
+    assert (stats["disk_entries"], stats["disk_size"]) == (entries, size) == (50, size)
+    await cache.clear()
+    stats = await cache.get_stats()
+    assert (stats["disk_entries"], stats["disk_size"], stats["memory_size"]) == (0, 0, 0)
+    assert await query(pg_url, "SELECT * FROM tags") == []
+
+
+async def test_the_debugging_views_have_sqlites_columns(cache, pg_url, tmp_path, clock):
+    await cache.set("k", {"a": 1}, ttl=60, tags=["t"])
+    await cache.get("k")
+    await cache.close()
+    [row] = await query(pg_url, "SELECT * FROM cache_entries")
+    async with CacheManager({"disk_cache_dir": str(tmp_path)}, clock=clock) as on_sqlite:
+        await on_sqlite.set("k", {"a": 1}, ttl=60, tags=["t"])
+        await on_sqlite.get("k")
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "sqlcache.db") as db:
+        sqlite_row = db.execute("SELECT * FROM cache_entries").fetchone()
+        sqlite_columns = [d[0] for d in db.execute("SELECT * FROM cache_entries").description]
+        tag_columns = [d[0] for d in db.execute("SELECT * FROM cache_tags").description]
+        task_columns = [d[0] for d in db.execute("SELECT * FROM preload_tasks").description]
+    assert list(row.keys()) == sqlite_columns
+    on_sqlite_row = dict(zip(sqlite_columns, sqlite_row))
+    assert dict(row) == {**on_sqlite_row, "expired": True} and on_sqlite_row["expired"] == 1  # a bool, not 1
+    assert row["created_at"] == "2023-11-14T22:13:20.000Z" and json.loads(row["value_json"]) == {"a": 1}
+    for view, columns in (("cache_tags", tag_columns), ("preload_tasks", task_columns)):
+        statement = await (await asyncpg.connect(pg_url)).prepare(f"SELECT * FROM {view}")
+        assert [attribute.name for attribute in statement.get_attributes()] == columns
+
+
+# ---------------------------------------------------------------- eviction
+
+
+async def filled(url: str, clock, strategy: str) -> CacheManager:
+    """A disk tier holding k00..k09 (written a second apart) with room for exactly ten."""
+    manager = CacheManager(
+        {"disk_cache_url": url, "disk_max_size": 10 * 105, "invalidation_strategy": strategy}, clock=clock
+    )
+    for i in range(10):
+        await manager.set(f"k{i:02d}", VALUE, 1000 - 10 * i, CacheLevel.DISK)  # later written, sooner expiring
+        clock.advance(1)
+    assert len(await disk_keys(url)) == 10
+    return manager
+
+
+@pytest.mark.parametrize(
+    "strategy, victim",
+    [("lru", "k03"), ("lfu", "k05"), ("fifo", "k00"), ("ttl", "k09")],
+)
+async def test_each_strategy_evicts_its_victim_and_only_what_is_needed(pg_url, clock, strategy, victim):
+    manager = await filled(pg_url, clock, strategy)
+    for i in range(10):
+        if i != 5:
+            await manager.get(f"k{i:02d}")  # LFU: k05 is read least often (once, below)
+            await manager.get(f"k{i:02d}")
+    clock.advance(1)
+    for i in range(10):
+        if i != 3:
+            await manager.get(f"k{i:02d}")  # LRU: k03 is the least recently read
+            clock.advance(1)
+    await manager.set("new", VALUE, level=CacheLevel.DISK)
+    assert await disk_keys(pg_url) == {f"k{i:02d}" for i in range(10) if f"k{i:02d}" != victim} | {"new"}
+    assert (await manager.get_stats())["disk_evictions"] == 1
+    await manager.close()
+
+
+async def test_expired_entries_go_before_any_victim_and_the_written_entry_stays(pg_url, clock):
+    manager = await filled(pg_url, clock, "lru")
+    clock.advance(995)  # k09 (ttl 910), k08 (920) ... k00 (1000): k09..k01 expired or expiring
+    await manager.set("big", "y" * 300, level=CacheLevel.DISK)  # needs 3 slots
+    keys = await disk_keys(pg_url)
+    assert "big" in keys and {"k09", "k08", "k07"}.isdisjoint(keys)
+    stats = await manager.get_stats()
+    assert stats["disk_evictions"] == 0 and stats["disk_size"] <= 10 * 105
+    await manager.set("huge", "z" * (10 * 105 - 10), level=CacheLevel.DISK)
+    assert await disk_keys(pg_url) == {"huge"}  # everything else went, never the entry being written
+    await manager.close()
+
+
+# ---------------------------------------------------------------- schema
+
+
+async def test_concurrent_opens_migrate_once_and_a_newer_schema_is_refused_untouched(pg_url):
+    managers = [CacheManager({"disk_cache_url": pg_url}) for _ in range(4)]
+    await asyncio.gather(*(manager.open() for manager in managers))
+    await asyncio.gather(*(manager.close() for manager in managers))
+    assert [row["version"] for row in await query(pg_url, "SELECT version FROM sqlcache_schema ORDER BY 1")] == list(
+        range(1, LATEST_SCHEMA + 1)
+    )
+    await query(pg_url, "INSERT INTO sqlcache_schema VALUES ($1)", LATEST_SCHEMA + 1)
+    before = await query(pg_url, "SELECT count(*) FROM pg_class")
+    with pytest.raises(SchemaVersionError, match="newer") as refused:
+        await CacheManager({"disk_cache_url": pg_url}).open()
+    assert PASSWORD not in str(refused.value)
+    assert await query(pg_url, "SELECT count(*) FROM pg_class") == before
+
+
+# ---------------------------------------------------------------- coherence
+
+
+async def test_changes_makes_no_round_trip_until_another_host_writes(pg_url):
+    async with CacheManager({"disk_cache_url": pg_url}) as mine, CacheManager({"disk_cache_url": pg_url}) as theirs:
+        store = mine._store
+        calls = []
+
+        class CountingSession:
+            def __init__(self, connection):
+                self.connection = connection
+
+            def __getattr__(self, name):
+                method = getattr(self.connection, name)
+                return lambda *args: calls.append(name) or method(*args)
+
+        store._session = CountingSession(store._session)
+        await mine.set("own", 1)  # our own write: no read of the log needed
+        await asyncio.sleep(0.1)
+        assert await store.changes() is None and calls == []
+        await theirs.set("k", 1)
+        await theirs.invalidate_by_tag("t")
+        for _ in range(100):
+            changes = await store.changes()
+            if changes is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert changes.complete and [tuple(change) for change in changes.changes] == [("key", "k"), ("tag", "t")]
+        assert len(calls) == 1 and await store.changes() is None
+
+
+async def test_a_host_that_missed_trimmed_log_rows_empties_its_memory_tier(pg_url):
+    async with CacheManager({"disk_cache_url": pg_url}) as mine, CacheManager({"disk_cache_url": pg_url}) as theirs:
+        store = mine._store
+        await theirs.set("a", 1)
+        await theirs.set("b", 2)
+        await query(pg_url, "DELETE FROM invalidations WHERE seq < (SELECT max(seq) FROM invalidations)")
+        await asyncio.sleep(0.1)
+        changes = await store.changes()
+        assert changes is not None and not changes.complete
+
+
+def start(role: str, config: dict, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.Popen([sys.executable, WORKER, role, json.dumps(config), *args], stdout=subprocess.PIPE, text=True, env=env)
+
+
+@pytest.mark.parametrize(
+    "change, new_value",
+    [
+        (lambda cache: cache.set("market_data:BTC:1m", "new"), "new"),
+        (lambda cache: cache.set("market_data:BTC:1m", "mem", level=CacheLevel.MEMORY), None),
+        (lambda cache: cache.delete("market_data:BTC:1m"), None),
+        (lambda cache: cache.invalidate_by_tag("t"), None),
+        (lambda cache: cache.invalidate_by_pattern("market_data:BTC:.*"), None),
+        (lambda cache: cache.clear(), None),
+    ],
+    ids=["overwrite", "memory-set", "delete", "tag", "pattern", "clear"],
+)
+async def test_another_host_stops_returning_the_old_value_within_the_bound(pg_url, tmp_path, change, new_value):
+    key = "market_data:BTC:1m"
+    async with CacheManager({"disk_cache_url": pg_url, "disk_cache_dir": str(tmp_path / "a")}) as cache:
+        await cache.set(key, "old", 0, tags=["t"])
+        other_host = {"disk_cache_url": pg_url, "disk_cache_dir": str(tmp_path / "b"), "sync_interval": SYNC_INTERVAL}
+        watcher = start("watch", other_host, key)
+        try:
+            ready = await next_line(watcher)
+            assert ready == {"event": "ready", "value": "old", "memory_hits": 1}  # served from its memory
+            await change(cache)
+            changed_at = time.monotonic()
+            seen = await next_line(watcher)
+        finally:
+            watcher.kill()
+            watcher.wait()
+    assert seen["event"] == "changed" and seen["value"] == new_value
+    assert seen["at"] - changed_at <= SYNC_INTERVAL + 0.3  # the bound, plus scheduling slack
+
+
+async def test_sets_that_returned_survive_kill_9_of_the_writer(pg_url, tmp_path):
+    writer = start("write", {"disk_cache_url": pg_url, "disk_cache_dir": str(tmp_path)})
+    acknowledged = -1
+    while acknowledged < 300:
+        acknowledged = (await next_line(writer))["i"]
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    async with CacheManager({"disk_cache_url": pg_url}) as cache:
+        for i in range(acknowledged + 1):
+            assert await cache.get(f"k{i}") == {"i": i, "pad": "x" * 200}
+        stats = await cache.get_stats()
+        assert stats["disk_entries"] >= acknowledged + 1
+        assert await cache.invalidate_by_tag("t0") == len(range(0, stats["disk_entries"], 7))
+
+
+# ---------------------------------------------------------------- faults
+
+
+@pytest.fixture
+def own_server():
+    """A server of this test's own, which it may stop and start."""
+    server = PostgresServer().start()
+    yield server
+    server.remove()
+
+
+async def test_a_server_that_stops_and_comes_back(own_server, caplog):
+    url = own_server.create_database()
+    async with CacheManager({"disk_cache_url": url, "sync_interval": 0.05, "busy_timeout": 2.0}) as cache:
+        await cache.set("k", "before")
+        assert await cache.get("k") == "before"
+        own_server.stop()
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnavailableError, match="127.0.0.1") as down:
+            await cache.set("k2", "while down")
+        with pytest.raises(DatabaseUnavailableError):
+            await cache.delete("k")
+        await asyncio.sleep(0.1)
+        assert await cache.get("k") == "before"  # memory hits keep serving
+        with pytest.raises(DatabaseUnavailableError):
+            await cache.get("never-cached")
+        assert time.monotonic() - started < 2.0  # failing fast, not waiting for a timeout
+        assert PASSWORD not in str(down.value)
+        own_server.start()
+        for _ in range(200):  # the next writes succeed without a new manager
+            try:
+                await cache.set("k3", "after")
+                break
+            except DatabaseUnavailableError:
+                await asyncio.sleep(0.05)
+        await query(url, "UPDATE entries SET value = '\"changed meanwhile\"' WHERE key = 'k'")
+        for _ in range(100):  # reconnected, the memory tier was dropped: the disk's value shows
+            if await cache.get("k") == "changed meanwhile":
+                break
+            await asyncio.sleep(0.02)
+        assert await cache.get("k") == "changed meanwhile"
+        assert await cache.get("k3") == "after"
+    assert all(PASSWORD not in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("problem", ["wrong password", "nothing listening", "no such database"])
+async def test_an_unreachable_or_refusing_server_names_the_host_and_never_the_password(postgres_server, problem):
+    url = {
+        "wrong password": postgres_server.url(password="Wr0ng-" + PASSWORD),
+        "nothing listening": f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/postgres",
+        "no such database": postgres_server.url("no_such_database"),
+    }[problem]
+    with pytest.raises(DatabaseUnavailableError, match="127.0.0.1:") as refused:
+        await CacheManager({"disk_cache_url": url, "busy_timeout": 2.0}).open()
+    message = str(refused.value)
+    assert PASSWORD not in message and "Wr0ng" not in message and "\n" not in message
