@@ -78,6 +78,7 @@ from ._store import (
     WriteResult,
     prefix_successor,
 )
+from ._postgres_preload import PostgresDatabase
 from ._urls import describe_server, passwords, redact
 
 try:
@@ -326,6 +327,8 @@ class PostgresStore:
             raise
         session.add_termination_listener(self._on_session_lost)
         self._session = session
+        if not self._closed:
+            self._resync = True  # a reconnect: notifications were lost while it was away
 
     def _on_notify(self, connection: Any, pid: int, channel: str, payload: str) -> None:
         """A write committed. Our own rows right after the last seen position need no read:
@@ -427,7 +430,6 @@ class PostgresStore:
             async with self._session_lock:
                 if self._session is None and not self._closed:
                     await self._open_session()
-                    self._resync = True
         except Exception as error:
             logger.warning("sqlcache: %s", self._translate(error, "reconnect to"))
         finally:
@@ -435,22 +437,33 @@ class PostgresStore:
 
     # ------------------------------------------------------------ writes
 
-    async def write(self, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float) -> WriteResult:
-        """Apply `ops` (and the pending read statistics) in one transaction, then evict if over."""
+    async def run(self, work: Callable[[Any], Awaitable[T]], what: str) -> T:
+        """`work(connection)` on a pool connection; errors become `CacheError`s naming the server."""
         if self._closed or self._pool is None:
             raise CacheError("the cache database is closed")
         try:
             async with self._pool.acquire() as connection:
-                async with connection.transaction():
-                    return await self._write_batch(connection, ops, reads, now)
+                return await work(connection)
         except Exception as error:
             if isinstance(error, CacheError):
                 raise
-            raise self._translate(error, "write to") from None
+            raise self._translate(error, what) from None
+
+    def preloader_database(self) -> PostgresDatabase:
+        """The preloader's `_Database` on this store's pool."""
+        return PostgresDatabase(self)
+
+    async def write(self, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float) -> WriteResult:
+        """Apply `ops` (and the pending read statistics) in one transaction, then evict if over."""
+        return await self.run(lambda connection: self._write_batch(connection, ops, reads, now), "write to")
 
     async def _write_batch(
-        self, db: Any, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float
+        self, connection: Any, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float
     ) -> WriteResult:
+        async with connection.transaction():
+            return await self._write_ops(connection, ops, reads, now)
+
+    async def _write_ops(self, db: Any, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float) -> WriteResult:
         await db.execute(TAKE_WRITE_LOCK, WRITE_LOCK)
         if reads:
             await self._record_reads(db, reads)

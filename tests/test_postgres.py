@@ -387,3 +387,37 @@ async def test_an_unreachable_or_refusing_server_names_the_host_and_never_the_pa
         await CacheManager({"disk_cache_url": url, "busy_timeout": 2.0}).open()
     message = str(refused.value)
     assert PASSWORD not in message and "Wr0ng" not in message and "\n" not in message
+
+
+# ---------------------------------------------------------------- the preloader's table
+
+
+async def test_the_preloader_statements_run_on_postgresql_and_one_host_gets_the_lease(pg_url):
+    from sqlcache import _postgres_preload as on_postgres
+    from sqlcache import _preloader as on_sqlite
+
+    async with CacheManager({"disk_cache_url": pg_url}) as first, CacheManager({"disk_cache_url": pg_url}) as second:
+        hosts = [first._store.preloader_database(), second._store.preloader_database()]
+        definition = {"name": "prices", "enabled": True, "interval": 60.0, "timeout": 10.0,
+                      "cache_key": "prices", "cache_ttl": None, "tags": '["market"]'}
+        await asyncio.gather(*(host.fetch(on_sqlite.REGISTER_TASK, definition) for host in hosts))
+        claims = await asyncio.gather(*(
+            host.fetch(on_postgres.CLAIM_TASK, {"name": "prices", "owner": f"host{i}", "now": 100.0,
+                                                "lease_until": 200.0, "force": False})
+            for i, host in enumerate(hosts)
+        ))
+        assert sorted(len(rows) for rows in claims) == [0, 1]
+        owner = f"host{[len(rows) for rows in claims].index(1)}"
+        assert await hosts[0].fetch(on_sqlite.READ_SCHEDULE, ("prices",)) == [(True, None, 200.0)]
+        await hosts[1].fetch(on_postgres.FINISH_RUN, {"name": "prices", "owner": owner, "started": 100.0,
+                                                      "finished": 101.5, "duration": 1.5, "error": None,
+                                                      "next_run": 160.0})
+        await hosts[1].fetch(on_postgres.FINISH_RUN, {"name": "prices", "owner": "nobody", "started": 102.0,
+                                                      "finished": 103.0, "duration": 1.0, "error": "boom",
+                                                      "next_run": 999.0})
+        [row] = await hosts[0].fetch(on_postgres.READ_TASKS, ('["prices", "other"]',))
+        assert row[0] == "prices" and row[7:13] == (2, 1, 1, 102.0, 101.5, "boom") and row[15:] == (160.0, None, None)
+        await hosts[0].fetch(on_sqlite.SET_ENABLED, (False, "prices"))
+        await hosts[0].fetch(on_sqlite.RELEASE_LEASES, ("host0",))
+        [view] = await query(pg_url, "SELECT enabled, last_run, run_count, running_in FROM preload_tasks")
+        assert tuple(view) == (False, "1970-01-01T00:01:42.000Z", 2, None)

@@ -1,0 +1,89 @@
+"""The preloader's table on PostgreSQL: its statements in PostgreSQL's dialect, and a `_Database`.
+
+`sqlcache._preloader.TaskTable` runs its statements through an object with
+`fetch(sql, params) -> list[tuple]` and `close()`, written for SQLite (`?` and `:name`
+placeholders). `PostgresDatabase` is that object over the store's connection pool: it turns both
+placeholder styles into asyncpg's `$n` (once per statement), each statement one atomic
+autocommit statement, as on SQLite. Most of the preloader's statements are valid PostgreSQL as
+they are; the ones below are those that are not (SQLite adds booleans to integers and has
+`json_each`; PostgreSQL must know each parameter's type), under the same names, so that
+`TaskTable` can take its statements from this module when its database is PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import re
+from typing import Any, Mapping, Sequence
+
+# Add a finished run to the statistics, and, if this process still holds the lease (it lapses
+# only when a run outlived its timeout and margin), set the next run and release the lease.
+FINISH_RUN = """
+UPDATE preload_task_state SET
+    run_count = run_count + 1,
+    error_count = error_count + CASE WHEN :error::text IS NULL THEN 0 ELSE 1 END,
+    consecutive_errors = CASE WHEN :error::text IS NULL THEN 0 ELSE consecutive_errors + 1 END,
+    last_run = :started,
+    last_duration = :duration,
+    last_success = CASE WHEN :error::text IS NULL THEN :finished ELSE last_success END,
+    last_error = coalesce(:error::text, last_error),
+    last_error_at = CASE WHEN :error::text IS NULL THEN last_error_at ELSE :finished END,
+    next_run = CASE WHEN lease_owner = :owner THEN :next_run ELSE next_run END,
+    lease_until = CASE WHEN lease_owner = :owner THEN NULL ELSE lease_until END,
+    lease_owner = CASE WHEN lease_owner = :owner THEN NULL ELSE lease_owner END
+WHERE name = :name
+"""
+
+# Take the lease of a task that is due (or of any task when forced), unless a live lease is held:
+# one atomic statement (the row lock decides), so of several hosts waking together one gets it.
+CLAIM_TASK = """
+UPDATE preload_task_state SET lease_owner = :owner, lease_until = :lease_until
+WHERE name = :name
+  AND (lease_until IS NULL OR lease_until <= :now)
+  AND (:force::boolean OR (enabled AND coalesce(next_run, 0) <= :now))
+RETURNING consecutive_errors
+"""
+
+# The statistics of the tasks registered in this process (a JSON array of names), by the primary key.
+READ_TASKS = """
+SELECT name, enabled, interval, timeout, cache_key, cache_ttl, tags, run_count, error_count,
+       consecutive_errors, last_run, last_success, last_error, last_error_at, last_duration,
+       next_run, lease_owner, lease_until
+FROM preload_task_state WHERE name IN (SELECT jsonb_array_elements_text(?::jsonb))
+"""
+
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+@functools.lru_cache(maxsize=64)
+def positional(sql: str) -> tuple[str, tuple[str, ...] | None]:
+    """`sql` with `?` or `:name` placeholders as `$1, $2...`, and the names in `$n` order (None
+    for `?`, whose parameters come as a sequence). `::type` casts are left alone."""
+    if "?" in sql:
+        numbers = itertools.count(1)
+        return re.sub(r"\?", lambda _: f"${next(numbers)}", sql), None
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    return _NAMED.sub(number, sql), tuple(names)
+
+
+class PostgresDatabase:
+    """The preloader's `_Database` on a `PostgresStore`'s pool (which the store owns and closes)."""
+
+    def __init__(self, store: Any):
+        self._store = store
+
+    async def fetch(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]:
+        text, names = positional(sql)
+        values = [params[name] for name in names] if names is not None else list(params)  # type: ignore[call-overload,index]
+        rows = await self._store.run(lambda connection: connection.fetch(text, *values), "update the preloader tasks of")
+        return [tuple(row) for row in rows]
+
+    async def close(self) -> None:
+        """Nothing: the pool is the store's."""
