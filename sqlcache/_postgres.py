@@ -6,7 +6,7 @@ batches, each one transaction (group commit: the manager's `GroupCommitter` send
 submitted while one is in flight as the next batch). Nothing runs in a thread.
 
 Writes are serialised per database by a transaction-scoped advisory lock, taken first thing in
-every write transaction (`TAKE_WRITE_LOCK`), as SQLite serialises its writers. That one choice
+every write transaction (`BEGIN_WRITE`), as SQLite serialises its writers. That one choice
 makes three things simple and correct:
 - the invalidation log is in commit order and gapless: `seq` is `max(seq)+1` assigned under the
   lock, so a reader at any snapshot sees a prefix of the log, and a row it lacks between its last
@@ -127,8 +127,13 @@ READ_LAST_SEQ = "SELECT coalesce(max(seq), 0)::bigint FROM invalidations"
 
 # ---------------------------------------------------------------- writes (a pool connection)
 
-# Wait for the other writers of this database; held until this transaction ends.
-TAKE_WRITE_LOCK = "SELECT pg_advisory_xact_lock($1)"
+# Start a write transaction and wait for the other writers of this database (the lock is held
+# until the transaction ends). One round trip: two statements in one simple-protocol query, which
+# takes no parameters; the lock number is our constant.
+BEGIN_WRITE = f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK:d})"
+
+COMMIT = "COMMIT"
+ROLLBACK = "ROLLBACK"
 
 # Insert entries or replace those under their keys (keys unique within the call); the triggers
 # keep tags, access rows and counters in step, and keep the read statistics of a replaced entry.
@@ -194,7 +199,8 @@ VICTIMS = {
 }
 
 # Append to the log other hosts read to drop stale memory copies (positions max+1.., gapless
-# under the write lock), and wake their sessions at commit with `origin first last`.
+# under the write lock), wake their sessions at commit with `origin first last`, and return the
+# bytes now stored (this transaction's sets included), for eviction, in the same round trip.
 LOG_CHANGES = """
 WITH logged AS (
     INSERT INTO invalidations (seq, origin, kind, arg, logged_at)
@@ -203,7 +209,9 @@ WITH logged AS (
          unnest($2::text[], $3::text[]) WITH ORDINALITY AS r (kind, arg, n)
     RETURNING seq
 )
-SELECT pg_notify($5, $1 || ' ' || min(seq) || ' ' || max(seq)) FROM logged
+SELECT pg_notify($5, $1 || ' ' || min(seq) || ' ' || max(seq)),
+       (SELECT coalesce(sum(bytes), 0)::bigint FROM counters)
+FROM logged
 """
 
 # Forget up to N log rows older than a time, oldest first by the primary key, always keeping
@@ -235,9 +243,12 @@ def _compiled(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
-async def _no_reset(connection: Any) -> None:
+async def _reset(connection: Any) -> None:
     """Pool connections keep no session state (locks are transaction-scoped, nothing LISTENs on
-    them), so releasing one needs none of asyncpg's reset round trip."""
+    them), so releasing one needs none of asyncpg's reset round trip, unless a write was cut
+    short inside its transaction (asyncpg knows from the server's last status byte)."""
+    if connection.is_in_transaction():
+        await connection.execute(ROLLBACK)
 
 
 class PostgresStore:
@@ -290,7 +301,7 @@ class PostgresStore:
         """Connect, apply the schema (once, under the migration lock), start listening."""
         try:
             self._pool = await asyncpg.create_pool(
-                self.url, min_size=1, max_size=self._pool_size, reset=_no_reset, **self._connect_options()
+                self.url, min_size=1, max_size=self._pool_size, reset=_reset, **self._connect_options()
             )
             async with self._pool.acquire() as connection:
                 await self._migrate(connection)
@@ -460,11 +471,20 @@ class PostgresStore:
     async def _write_batch(
         self, connection: Any, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float
     ) -> WriteResult:
-        async with connection.transaction():
-            return await self._write_ops(connection, ops, reads, now)
+        await connection.execute(BEGIN_WRITE)
+        try:
+            result = await self._write_ops(connection, ops, reads, now)
+            await connection.execute(COMMIT)
+        except BaseException:
+            if connection.is_in_transaction():
+                try:
+                    await connection.execute(ROLLBACK)
+                except Exception:
+                    connection.terminate()  # cut off mid-statement: the server rolls back
+            raise
+        return result
 
     async def _write_ops(self, db: Any, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float) -> WriteResult:
-        await db.execute(TAKE_WRITE_LOCK, WRITE_LOCK)
         if reads:
             await self._record_reads(db, reads)
         results: list[Any] = []
@@ -479,10 +499,13 @@ class PostgresStore:
                 for op in members:
                     results.append(await self._APPLY[op_type](self, db, op))
                     log.extend(_log_rows(op))
+        stored = None
         if log:
-            await db.execute(LOG_CHANGES, self._origin, [kind for kind, _ in log], [arg for _, arg in log], time.time(), CHANNEL)
-        written = {op.key for op in ops if isinstance(op, Put)}
-        expired, evicted = await self._evict_if_over(db, now, written) if written else (0, 0)
+            _, stored = await db.fetchrow(
+                LOG_CHANGES, self._origin, [kind for kind, _ in log], [arg for _, arg in log], time.time(), CHANNEL
+            )
+        written = {op.key for op in ops if isinstance(op, Put)}  # every set is logged: `stored` is known
+        expired, evicted = await self._evict_if_over(db, now, written, stored) if written else (0, 0)
         return WriteResult(results, evicted=evicted, expired=expired)
 
     async def _record_reads(self, db: Any, reads: Mapping[str, ReadCounts]) -> None:
@@ -548,10 +571,11 @@ class PostgresStore:
         TrimLog: _trim_log,
     }
 
-    async def _evict_if_over(self, db: Any, now: float, written: set[str]) -> tuple[int, int]:
-        """Bring the bytes back under `max_bytes`: expired entries first, then the strategy's
-        victims, never an entry written in this batch, no more than needed. (expired, evicted)."""
-        excess = (await db.fetchrow(READ_SIZE))[1] - self.max_bytes
+    async def _evict_if_over(self, db: Any, now: float, written: set[str], stored: int) -> tuple[int, int]:
+        """Bring the `stored` bytes back under `max_bytes`: expired entries first, then the
+        strategy's victims, never an entry written in this batch, no more than needed.
+        Returns (expired, evicted) counts."""
+        excess = stored - self.max_bytes
         expired = evicted = 0
         while excess > 0:
             freed = [size for (size,) in await db.fetch(DELETE_EXPIRED, now, 64)]
