@@ -79,6 +79,7 @@ from ._store import (
     prefix_successor,
 )
 from ._postgres_preload import PostgresDatabase
+from ._sqlite import _log_rows as log_rows  # the same log rows as SQLite's, one definition
 from ._urls import describe_server, passwords, redact
 
 try:
@@ -225,14 +226,17 @@ DELETE FROM invalidations WHERE seq IN (
 """
 
 
+_MIGRATION_FILE = re.compile(r"(\d+)_\w+\.sql")
+
+
 def migrations() -> list[tuple[int, str]]:
     """The numbered `.sql` files shipped in `sqlcache.migrations/postgresql`, in order."""
-    found = []
-    for item in resources.files("sqlcache.migrations").joinpath("postgresql").iterdir():
-        number, _, rest = item.name.partition("_")
-        if number.isdigit() and rest.endswith(".sql"):
-            found.append((int(number), item.read_text(encoding="utf-8")))
-    return sorted(found)
+    folder = resources.files("sqlcache.migrations").joinpath("postgresql")
+    return sorted(
+        (int(match.group(1)), item.read_text(encoding="utf-8"))
+        for item in folder.iterdir()
+        if (match := _MIGRATION_FILE.fullmatch(item.name))
+    )
 
 
 LATEST_SCHEMA = migrations()[-1][0]
@@ -346,7 +350,11 @@ class PostgresStore:
         notifications come in commit order, so the position just moves on."""
         origin, _, span = payload.partition(" ")
         first, _, last = span.partition(" ")
-        if origin == self._origin and first.isdigit() and int(first) == self._last_seq + 1:
+        if not (first.isdigit() and last.isdigit()):
+            self._notified = True  # not ours to parse: look anyway
+        elif int(last) <= self._last_seq:
+            pass  # rows already read (the notification came after the read that got them)
+        elif origin == self._origin and int(first) == self._last_seq + 1:
             self._last_seq = int(last)
         else:
             self._notified = True
@@ -498,7 +506,7 @@ class PostgresStore:
             else:
                 for op in members:
                     results.append(await self._APPLY[op_type](self, db, op))
-                    log.extend(_log_rows(op))
+                    log.extend((kind, arg) for _, kind, arg, _ in log_rows(op, self._origin, 0.0))
         stored = None
         if log:
             _, stored = await db.fetchrow(
@@ -643,15 +651,3 @@ def _scrub(message: str, url: str) -> str:
 
 def _removed(rows: Sequence[Any]) -> list[Removed]:
     return [Removed(row[0], row[1]) for row in rows]
-
-
-def _log_rows(op: WriteOp) -> list[tuple[str, str]]:
-    if isinstance(op, Remove):
-        return [("key", key) for key in op.keys]
-    if isinstance(op, RemoveTag):
-        return [("tag", op.tag)]
-    if isinstance(op, RemovePattern):
-        return [("pattern", op.pattern)]
-    if isinstance(op, RemoveAll):
-        return [("clear", "")]
-    return []  # purges and log trims change no live value

@@ -18,21 +18,20 @@ def say(**fields: object) -> None:
     print(json.dumps(fields), flush=True)
 
 
-async def watch(config: dict, key: str) -> None:
-    """Read `key` twice (the second a memory hit), then poll until its value changes."""
+async def follow(config: dict, key: str) -> None:
+    """Poll `key` every 5 ms; report each new value, when it was seen and the memory hits so far."""
     async with CacheManager(config) as cache:
-        first = await cache.get(key)
-        await cache.get(key)
-        stats = await cache.get_stats()
-        say(event="ready", value=first, memory_hits=stats["memory_hits"])
-        deadline = time.monotonic() + 20
+        last: object = object()
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             value = await cache.get(key)
-            if value != first:
-                say(event="changed", value=value, at=time.monotonic())
-                return
+            if value != last:
+                stats = await cache.get_stats()
+                say(value=value, at=time.monotonic(), memory_hits=stats["memory_hits"])
+                last = value
+                if value == "stop":
+                    return
             await asyncio.sleep(0.005)
-        say(event="timeout")
 
 
 async def write_forever(config: dict) -> None:
@@ -45,4 +44,4 @@ async def write_forever(config: dict) -> None:
 
 if __name__ == "__main__":
     role, config, *args = sys.argv[1:]
-    asyncio.run({"watch": watch, "write": write_forever}[role](json.loads(config), *args))
+    asyncio.run({"follow": follow, "write": write_forever}[role](json.loads(config), *args))
