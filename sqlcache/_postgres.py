@@ -42,6 +42,11 @@ keys of the narrowed rows only: those in the key range of the pattern's literal 
 the key index (the "C" collation orders keys as Python compares them). A pattern with no literal
 prefix reads every key, as on SQLite.
 
+Limits. LISTEN needs a session of its own: behind PgBouncer in transaction (or statement)
+pooling mode notifications do not arrive, so other hosts would see changes only after a
+reconnect; point `disk_cache_url` at PostgreSQL itself or at a session-mode pool. Keys and tags
+cannot contain NUL characters (PostgreSQL text cannot hold them; values can).
+
 The statements are named below, each with what it does; every one is parameterised.
 """
 
@@ -613,7 +618,7 @@ class PostgresStore:
 
     def _translate(self, error: BaseException, action: str) -> CacheError:
         """A `CacheError` naming the server, never the password."""
-        reason = _scrub(f"{type(error).__name__}: {error}" if not str(error) else str(error), self.url)
+        reason = _scrub(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__, self.url)
         if isinstance(error, asyncpg.exceptions.LockNotAvailableError):
             return CacheBusyError(f"the PostgreSQL cache {self.where} stayed locked for over {self._busy_timeout:g}s: {reason}")
         if _is_unavailable(error):

@@ -16,10 +16,10 @@ import asyncpg
 import pytest
 
 from pg_server import PASSWORD, PostgresServer
-from sqlcache import CacheLevel, CacheManager, DatabaseUnavailableError, SchemaVersionError
+from sqlcache import CacheBusyError, CacheLevel, CacheManager, DatabaseUnavailableError, SchemaVersionError
 from sqlcache._engines import make_store
 from sqlcache._config import CacheConfig
-from sqlcache._postgres import LATEST_SCHEMA, PostgresStore
+from sqlcache._postgres import LATEST_SCHEMA, WRITE_LOCK, PostgresStore
 from sqlcache._sqlite import SQLiteStore
 from sqlcache._urls import describe_server, parse, redact
 from test_processes import next_line
@@ -382,6 +382,21 @@ async def test_a_server_that_stops_and_comes_back(own_server, caplog):
         assert await cache.get("k") == "changed meanwhile"
         assert await cache.get("k3") == "after"
     assert all(PASSWORD not in record.getMessage() for record in caplog.records)
+
+
+async def test_a_write_waiting_on_another_writer_past_the_busy_timeout_raises_busy(pg_url):
+    async with CacheManager({"disk_cache_url": pg_url, "busy_timeout": 0.3}) as cache:
+        await cache.set("k", 1)
+        other_writer = await asyncpg.connect(pg_url)
+        async with other_writer.transaction():
+            await other_writer.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+            started = time.monotonic()
+            with pytest.raises(CacheBusyError, match="locked for over 0.3s") as busy:
+                await cache.set("k", 2)
+            assert time.monotonic() - started < 2 and "\n" not in str(busy.value)
+        await other_writer.close()
+        await cache.set("k", 3)  # the lock is free again; the connection was handed back clean
+        assert await cache.get("k") == 3
 
 
 @pytest.mark.parametrize("problem", ["wrong password", "nothing listening", "no such database"])
