@@ -5,7 +5,8 @@
 Starts a throwaway PostgreSQL (tests/pg_server.py, fsync on) and prints:
 - a disk hit through `CacheManager` (memory tier off) against one raw `fetchrow` of the same row;
 - 64 concurrent `set`s (group commit) against 64 callers each committing its own upsert on a
-  pool of 64 connections.
+  pool of 64 connections (synchronous commit, PostgreSQL's default), with `durability` "full"
+  (synchronous commit too) and "normal" (asynchronous commit).
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ async def disk_hit(url: str, count: int) -> None:
     print(f"ratio (median): {ratio:.2f}x (target <= 1.3x)")
 
 
-async def concurrent_sets(url: str, rounds: int) -> None:
-    async with CacheManager({"disk_cache_url": url}) as cache:
+async def concurrent_sets(url: str, rounds: int, durability: str) -> None:
+    async with CacheManager({"disk_cache_url": url, "durability": durability}) as cache:
         await asyncio.gather(*(cache.set(f"k{i}", VALUE) for i in range(64)))  # warm up
         start = time.perf_counter()
         for round_ in range(rounds):
@@ -78,7 +79,7 @@ async def concurrent_sets(url: str, rounds: int) -> None:
         await asyncio.gather(*(own_commit(i) for i in range(64)))
     alone = 64 * rounds / (time.perf_counter() - start)
     await pool.close()
-    print(f"64 concurrent sets via CacheManager: {grouped:,.0f} sets/s")
+    print(f"64 concurrent sets via CacheManager (durability {durability}): {grouped:,.0f} sets/s")
     print(f"64 callers, own upsert each:         {alone:,.0f} upserts/s")
     print(f"ratio: {grouped / alone:.2f}x (target >= 3x)")
 
@@ -87,7 +88,8 @@ async def main(rounds: int, count: int) -> None:
     server = PostgresServer(durable=True).start()
     try:
         await disk_hit(server.create_database(), count)
-        await concurrent_sets(server.create_database(), rounds)
+        for durability in ("full", "normal"):
+            await concurrent_sets(server.create_database(), rounds, durability)
     finally:
         server.remove()
 

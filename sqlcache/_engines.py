@@ -23,6 +23,7 @@ def make_store(config: CacheConfig, origin: str) -> Store:
             strategy=config.invalidation_strategy,
             origin=origin,
             busy_timeout=config.busy_timeout,
+            durability=config.durability,
         )
     from ._sqlite import SQLiteStore
 

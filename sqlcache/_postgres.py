@@ -63,7 +63,7 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
 
 import orjson
 
-from ._config import InvalidationStrategy
+from ._config import Durability, InvalidationStrategy
 from ._exceptions import CacheBusyError, CacheError, DatabaseUnavailableError, SchemaVersionError, StorageError
 from ._store import (
     Change,
@@ -99,6 +99,12 @@ CHANNEL = "sqlcache_invalidations"
 WRITE_LOCK = 0x73716C6361636865  # 'sqlcache': serialises write transactions on one database
 MIGRATION_LOCK = 0x73716C6D69677261  # 'sqlmigra': serialises applying the schema
 _TRIM_BATCH = 10_000  # most log rows one TrimLog deletes
+
+# What a committed set survives, as on SQLite. NORMAL: a crash or kill -9 of any client, but a
+# crash of the server or of its machine may lose the last ~0.6 s of commits (3 x wal_writer_delay;
+# never corrupts; every host then reconnects and drops its memory tier). FULL: those too, at a
+# WAL flush per commit. Set per session, so other users of the server keep their own setting.
+_SYNCHRONOUS_COMMIT = {Durability.NORMAL: "off", Durability.FULL: "on"}
 
 # ---------------------------------------------------------------- schema
 
@@ -271,6 +277,7 @@ class PostgresStore:
         strategy: InvalidationStrategy,
         origin: str,
         busy_timeout: float = 5.0,
+        durability: Durability = Durability.NORMAL,
         pool_size: int = 4,
     ):
         if asyncpg is None:
@@ -281,6 +288,7 @@ class PostgresStore:
         self._strategy = strategy
         self._origin = origin
         self._busy_timeout = busy_timeout
+        self._durability = durability
         self._pool_size = pool_size
         self._pool: Any = None
         self._session: Any = None
@@ -296,13 +304,15 @@ class PostgresStore:
     def _connect_options(self) -> dict[str, Any]:
         """Connect within the busy timeout; a statement waiting for a lock (the write lock
         included) gives up after it (`lock_timeout`, then `CacheBusyError`); a server that stops
-        answering fails a statement a few seconds later instead of hanging it."""
+        answering fails a statement a few seconds later instead of hanging it; `durability` as
+        `synchronous_commit` (see `_SYNCHRONOUS_COMMIT`)."""
         return {
             "timeout": self._busy_timeout,
             "command_timeout": self._busy_timeout + 5.0,
             "server_settings": {
                 "application_name": "sqlcache",
                 "lock_timeout": str(int(self._busy_timeout * 1000)),
+                "synchronous_commit": _SYNCHRONOUS_COMMIT[self._durability],
             },
         }
 
@@ -439,8 +449,10 @@ class PostgresStore:
         start = self._last_seq
         try:
             rows = await self._on_session(lambda session: session.fetch(READ_CHANGES, start), "read the log of")
-            if resync and not rows and await self._on_session(lambda s: s.fetchval(READ_LAST_SEQ), "read") < start:
-                self._last_seq = 0  # the log was reset (a new or restored database): start over
+            if resync and not rows:
+                # A server restored from a backup or crashed with asynchronous commit may have
+                # lost the log's tail: continue from its newest row (the memory tier is dropped).
+                self._last_seq = min(start, await self._on_session(lambda s: s.fetchval(READ_LAST_SEQ), "read"))
         except BaseException:
             self._notified, self._resync = True, self._resync or resync
             raise

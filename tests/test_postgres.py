@@ -444,3 +444,11 @@ async def test_the_preloader_statements_run_on_postgresql_and_one_host_gets_the_
         await hosts[0].fetch(on_sqlite.RELEASE_LEASES, ("host0",))
         [view] = await query(pg_url, "SELECT enabled, last_run, run_count, running_in FROM preload_tasks")
         assert tuple(view) == (False, "1970-01-01T00:01:42.000Z", 2, None)
+
+
+@pytest.mark.parametrize("durability, setting", [("normal", "off"), ("full", "on")])
+async def test_durability_sets_synchronous_commit_of_the_cache_sessions_only(pg_url, durability, setting):
+    async with CacheManager({"disk_cache_url": pg_url, "durability": durability}) as cache:
+        await cache.set("k", 1)
+        assert await cache._store.run(lambda connection: connection.fetchval("SHOW synchronous_commit"), "read") == setting
+    assert (await query(pg_url, "SHOW synchronous_commit"))[0][0] == "on"  # the server's own default is kept
