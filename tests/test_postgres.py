@@ -452,3 +452,45 @@ async def test_durability_sets_synchronous_commit_of_the_cache_sessions_only(pg_
         await cache.set("k", 1)
         assert await cache._store.run(lambda connection: connection.fetchval("SHOW synchronous_commit"), "read") == setting
     assert (await query(pg_url, "SHOW synchronous_commit"))[0][0] == "on"  # the server's own default is kept
+
+
+async def test_keys_and_tags_compare_in_code_point_order_whatever_the_database_collation(cache, pg_url):
+    columns = await query(
+        pg_url,
+        "SELECT table_name, column_name, collation_name FROM information_schema.columns "
+        "WHERE (table_name, column_name) IN (('entries', 'key'), ('tags', 'tag'))",
+    )
+    assert {(row["table_name"], row["collation_name"]) for row in columns} == {("entries", "C"), ("tags", "C")}
+    for key in ("é:1", "e:1", "E:1", "e:\U0001f600", "e;", "e:", "e", "e:\x7f"):
+        await cache.set(key, key)
+    assert await cache.invalidate_by_pattern("e:.*") == 4
+    assert await disk_keys(pg_url) == {"é:1", "E:1", "e;", "e"}
+
+
+async def test_every_statement_of_the_store_can_walk_an_index(cache, pg_url):
+    from sqlcache import _postgres as store_sql
+
+    for i in range(200):
+        await cache.set(f"k{i}", i, ttl=i % 2 * 100, tags=[f"t{i % 5}"])
+    statements = [
+        (store_sql.READ_ONE, ["k1"]),
+        (store_sql.READ_MANY, [["k1", "k2"]]),
+        (store_sql.DELETE_KEYS, [["k1", "k2"]]),
+        (store_sql.DELETE_TAG, ["t1"]),
+        (store_sql.KEYS_IN_RANGE, ["k1", "k2"]),
+        (store_sql.DELETE_IDS, [[1, 2]]),
+        (store_sql.DELETE_EXPIRED, [2e9, 64]),
+        (store_sql.READ_CHANGES, [5]),
+        (store_sql.TRIM_LOG, [2e9, 100]),
+        (store_sql.RECORD_READS, [["k1"], [1], [2e9]]),
+        *((sql, [10]) for sql in store_sql.VICTIMS.values()),
+    ]
+    connection = await asyncpg.connect(pg_url)
+    try:
+        await connection.execute("ANALYZE; SET enable_seqscan = off")
+        for sql, args in statements:
+            plan = "\n".join(row[0] for row in await connection.fetch(f"EXPLAIN {sql}", *args))
+            assert "Seq Scan on entries" not in plan and "Seq Scan on tags" not in plan, (sql, plan)
+            assert "Seq Scan on access" not in plan and "Seq Scan on invalidations" not in plan, (sql, plan)
+    finally:
+        await connection.close()
