@@ -298,6 +298,7 @@ class PostgresStore:
         self._last_seq = 0
         self._notified = False
         self._resync = False  # the session was lost: read the log again and report it incomplete
+        self._outage_logged = False
 
     # ------------------------------------------------------------ opening and closing
 
@@ -462,12 +463,18 @@ class PostgresStore:
         return Changes([Change(kind, arg or "") for _, origin, kind, arg in rows if origin != self._origin], complete)
 
     async def _reconnect(self) -> None:
+        """One attempt; the first failure of an outage is logged as a warning, later ones at
+        debug level (the manager tries every `sync_interval`), the recovery as info."""
         try:
             async with self._session_lock:
                 if self._session is None and not self._closed:
                     await self._open_session()
+                    if self._outage_logged:
+                        logger.info("sqlcache: reconnected to the PostgreSQL cache %s", self.where)
+                    self._outage_logged = False
         except Exception as error:
-            logger.warning("sqlcache: %s", self._translate(error, "reconnect to"))
+            logger.log(logging.DEBUG if self._outage_logged else logging.WARNING, "sqlcache: %s; retrying", self._translate(error, "reconnect to"))
+            self._outage_logged = True
         finally:
             self._reconnecting = None
 
