@@ -415,6 +415,8 @@ class PostgresStore:
             except Exception as error:
                 if isinstance(error, CacheError):
                     raise
+                if self._session is not None and self._session.is_closed():
+                    self._session = None  # the next call reconnects (and resyncs)
                 raise self._translate(error, what) from None
 
     async def read(self, keys: Sequence[str]) -> dict[str, StoredRow]:

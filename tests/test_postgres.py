@@ -324,19 +324,25 @@ async def test_another_host_drops_each_kind_of_change_within_the_bound(pg_url, t
             follower.wait()
 
 
-async def test_sets_that_returned_survive_kill_9_of_the_writer(pg_url, tmp_path):
-    writer = start("write", {"disk_cache_url": pg_url, "disk_cache_dir": str(tmp_path)})
-    acknowledged = -1
-    while acknowledged < 300:
-        acknowledged = (await next_line(writer))["i"]
-    writer.send_signal(signal.SIGKILL)
-    writer.wait()
+async def test_sets_that_returned_survive_kill_9_of_two_writers_on_the_same_keys(pg_url, tmp_path):
+    writers = [start("write", {"disk_cache_url": pg_url, "disk_cache_dir": str(tmp_path / host)}) for host in "ab"]
+    acknowledged = []
+    for writer in writers:  # both run meanwhile, upserting the same keys from two backends
+        done = -1
+        while done < 300:
+            done = (await next_line(writer))["i"]
+        acknowledged.append(done)
+    for writer in writers:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
     async with CacheManager({"disk_cache_url": pg_url}) as cache:
-        for i in range(acknowledged + 1):
+        for i in range(max(acknowledged) + 1):
             assert await cache.get(f"k{i}") == {"i": i, "pad": "x" * 200}
         stats = await cache.get_stats()
-        assert stats["disk_entries"] >= acknowledged + 1
-        assert await cache.invalidate_by_tag("t0") == len(range(0, stats["disk_entries"], 7))
+        [(entries, size)] = await query(pg_url, "SELECT count(*), coalesce(sum(size), 0) FROM entries")
+        assert (stats["disk_entries"], stats["disk_size"]) == (entries, size)  # the 16 slots add up
+        assert entries >= max(acknowledged) + 1
+        assert await cache.invalidate_by_tag("t0") == len(range(0, entries, 7))
 
 
 # ---------------------------------------------------------------- faults
