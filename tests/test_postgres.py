@@ -503,3 +503,26 @@ async def test_every_statement_of_the_store_can_walk_an_index(cache, pg_url):
             assert "Seq Scan on access" not in plan and "Seq Scan on invalidations" not in plan, (sql, plan)
     finally:
         await connection.close()
+
+
+async def test_the_readmes_debugging_queries_work_in_postgresql_dialect(pg_url):
+    """The README's queries, with PostgreSQL's time and JSON functions where SQLite's differ."""
+    async with CacheManager({"disk_cache_url": pg_url}) as cache:
+        await cache.set("market_data:BTC:1m", {"candles": [[1, 2, 3, 4, 40.5], [1, 2, 3, 4, 41.5]]}, ttl=30, tags=["BTC"])
+        await cache.set("market_data:ETH:1m", {"candles": [[1, 2, 3, 4, 9.5]]}, ttl=3600, tags=["ETH"])
+        await cache.get("market_data:BTC:1m")
+    expiring = await query(pg_url, """
+        SELECT key, expires_at FROM cache_entries
+        WHERE expires_at BETWEEN sqlcache_iso(extract(epoch FROM now())) AND sqlcache_iso(extract(epoch FROM now()) + 60)
+        ORDER BY expires_at""")
+    assert [row["key"] for row in expiring] == ["market_data:BTC:1m"]
+    biggest = await query(pg_url, "SELECT key, size, tags FROM cache_entries ORDER BY size DESC LIMIT 10")
+    assert biggest[0]["key"] == "market_data:BTC:1m" and json.loads(biggest[0]["tags"]) == ["BTC"]
+    assert len(await query(pg_url, "SELECT tag, entries, bytes FROM cache_tags ORDER BY bytes DESC LIMIT 10")) == 2
+    hottest = await query(pg_url, "SELECT key, access_count, accessed_at, expired FROM cache_entries ORDER BY access_count DESC LIMIT 10")
+    assert (hottest[0]["key"], hottest[0]["expired"]) == ("market_data:BTC:1m", False)
+    closes = await query(pg_url, """
+        SELECT key, (value_json::jsonb -> 'candles' -> -1 ->> 4)::numeric AS last_close
+        FROM cache_entries WHERE key LIKE 'market_data:%' AND NOT expired ORDER BY key""")
+    assert [(row["key"], float(row["last_close"])) for row in closes] == [("market_data:BTC:1m", 41.5), ("market_data:ETH:1m", 9.5)]
+    assert await query(pg_url, "SELECT name FROM preload_tasks WHERE error_count > 0 ORDER BY error_count DESC") == []
