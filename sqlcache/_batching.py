@@ -115,11 +115,20 @@ class GroupCommitter(Generic[Op]):
 
     `after_commit(result)` runs right after the commit, in submission order, before the caller
     resumes: memory-tier updates happen in exactly the order the writes committed, even if the
-    caller was cancelled meanwhile. A failed transaction fails every op in it.
+    caller was cancelled meanwhile. An exception in one `after_commit` fails that caller only.
+
+    A failed transaction fails only the op that caused it: when `alone_may_pass(error)` says the
+    error could be one op's (a value the driver cannot bind, not a lock or a full disk), every op
+    of the batch is tried again in a transaction of its own, in order.
     """
 
-    def __init__(self, apply: Callable[[list[Op]], Awaitable[list[Any]]]):
+    def __init__(
+        self,
+        apply: Callable[[list[Op]], Awaitable[list[Any]]],
+        alone_may_pass: Callable[[Exception], bool] = lambda error: True,
+    ):
         self._apply = apply
+        self._alone_may_pass = alone_may_pass
         self._queue: list[_Pending[Op]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -142,14 +151,38 @@ class GroupCommitter(Generic[Op]):
                 try:
                     results = await self._apply([pending.op for pending in batch])
                 except Exception as error:
-                    for pending in batch:
-                        if not pending.future.done():  # done: its caller was cancelled
-                            pending.future.set_exception(error)
+                    if len(batch) > 1 and self._alone_may_pass(error):
+                        for pending in batch:
+                            await self._run_alone(pending)
+                    else:
+                        for pending in batch:
+                            _fail(pending, error)
                     continue
                 for pending, result in zip(batch, results):
-                    if pending.after_commit is not None:
-                        result = pending.after_commit(result)
-                    if not pending.future.done():
-                        pending.future.set_result(result)
+                    _finish(pending, result)
         finally:
             self._task = None
+
+    async def _run_alone(self, pending: _Pending[Op]) -> None:
+        try:
+            [result] = await self._apply([pending.op])
+        except Exception as error:
+            _fail(pending, error)
+        else:
+            _finish(pending, result)
+
+
+def _finish(pending: _Pending[Any], result: Any) -> None:
+    if pending.after_commit is not None:
+        try:
+            result = pending.after_commit(result)
+        except Exception as error:
+            _fail(pending, error)
+            return
+    if not pending.future.done():  # done: its caller was cancelled
+        pending.future.set_result(result)
+
+
+def _fail(pending: _Pending[Any], error: Exception) -> None:
+    if not pending.future.done():
+        pending.future.set_exception(error)

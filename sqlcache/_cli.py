@@ -6,9 +6,11 @@ log tells every other process's memory tier about the change. Every statement he
 parameterised; only the user's own `sql` text is run as given, on a read-only connection.
 
 Exit codes (also in the README): 0 done; 1 the answer is no (`get` found no live entry,
-`check` found a problem, a confirmation was declined); 2 bad arguments; 3 the database file is
-missing or unusable; 4 SQLite refused or failed a statement (a write in `sql`, a syntax error,
-a lock held too long); 130 interrupted.
+`check` found a problem, a confirmation was declined); 2 bad arguments (including text that is
+not UTF-8, an empty `sql`, or a `demo --dir` the demo did not create); 3 the database file is
+missing or unusable (or cannot be read or written); 4 SQLite refused or failed a statement (a
+write in `sql`, a syntax error, an invalid REGEXP pattern, a lock held too long, a demo
+directory in use); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import math
 import os
@@ -28,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+from . import __version__
 from ._exceptions import CacheBusyError, CacheError, StorageError
 from ._sqlite import LATEST_SCHEMA, _regexp
 from ._store import literal_prefix, prefix_successor
@@ -40,6 +44,7 @@ EXIT_SQL = 4
 EXIT_INTERRUPTED = 130
 
 DEFAULT_DIR = "cache"  # the library's default disk_cache_dir
+PATH_ARGUMENTS = ("db", "dir")  # file names may hold any bytes; every other text argument is UTF-8
 DB_NAME = "sqlcache.db"
 MAX_CELL = 80  # characters of a table cell on screen; --json gives the whole value
 BUSY_TIMEOUT = 5.0
@@ -58,8 +63,12 @@ class CliError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
+    # A path argument may hold bytes that are not UTF-8 (Python keeps them as surrogate escapes):
+    # print them back as those bytes rather than fail on them.
+    sys.stdout.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
     args = _parser().parse_args(argv)
     try:
+        _require_text(args)
         return args.run(args)
     except CliError as error:
         print(f"sqlcache: {error}", file=sys.stderr)
@@ -84,14 +93,24 @@ def _parser() -> argparse.ArgumentParser:
         help=f"the cache directory (disk_cache_dir) holding {DB_NAME}; default ./{DEFAULT_DIR}",
     )
     as_json = argparse.ArgumentParser(add_help=False)
-    as_json.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
+    as_json.add_argument(
+        "--json", action="store_true",
+        help="print JSON for scripts instead of a table. Booleans are true/false, tag lists are arrays, "
+        "times are ISO-8601 UTC text (2026-01-31T12:00:00.000Z) or null, and NaN and infinities, which "
+        "JSON cannot hold, are null. `sql` prints SQLite's own values: 0/1 for a truth value, JSON "
+        "columns such as cache_entries.tags as text",
+    )
 
     parser = argparse.ArgumentParser(
         prog="sqlcache", parents=[location],
         description="Inspect and maintain a sqlcache database.",
         epilog="Exit codes: 0 done, 1 the answer is no (not found, check failed, declined), "
-        "2 bad arguments, 3 database missing or unusable, 4 SQLite refused or failed, 130 interrupted.",
+        "2 bad arguments (also text that is not UTF-8, an empty SQL statement, a demo --dir the demo "
+        "did not create), 3 database missing or unusable (also unreadable or not writable), "
+        "4 SQLite refused or failed (also an invalid REGEXP pattern, a demo directory in use), "
+        "130 interrupted.",
     )
+    parser.add_argument("--version", action="version", version=f"sqlcache {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
     def command(name: str, run: Callable[[argparse.Namespace], int], help: str, json_output: bool = True):
@@ -123,6 +142,35 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=_positive_float, default=20.0, help="seconds the agents run (default 20)")
     demo.add_argument("--agents", type=_positive_int, default=6, help="number of agents (default 6)")
     return parser
+
+
+# How an argument is named in messages, by its argparse destination.
+ARGUMENT_NAMES = {"key": "KEY", "statement": "SQL"}
+
+
+def _require_text(args: argparse.Namespace) -> None:
+    """Refuse a key, tag, pattern or statement holding bytes that are not UTF-8.
+
+    Python hands such bytes over as lone surrogates, which SQLite cannot take: caught here, they
+    are a usage error (exit 2) rather than a traceback, or a "not found" that was never looked up.
+    """
+    for name, value in vars(args).items():
+        if not isinstance(value, str) or name in PATH_ARGUMENTS:
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            where = ARGUMENT_NAMES.get(name, f"--{name}")
+            raise CliError(
+                f"the {where} argument is not UTF-8 text: {_escaped(value[error.start])} at character "
+                f"{error.start + 1}", EXIT_USAGE,
+            ) from None
+
+
+def _escaped(char: str) -> str:
+    r"""`byte \xff` for a byte Python kept as a surrogate escape, `\ud800` for any other surrogate."""
+    code = ord(char)
+    return f"byte \\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
 
 
 def _positive_int(text: str) -> int:
@@ -168,25 +216,101 @@ def _require_file(path: Path) -> None:
         )
 
 
-def _deny_attach(action: int, *_: object) -> int:
-    """Authorizer of read-only connections: ATTACH (and VACUUM INTO) could create files."""
-    return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_ATTACH else sqlite3.SQLITE_OK
+# PRAGMAs whose argument names what to read (a table, an index, a row limit), not a setting.
+READING_PRAGMAS = frozenset({
+    "table_info", "table_xinfo", "table_list", "index_info", "index_xinfo", "index_list",
+    "foreign_key_list", "foreign_key_check", "integrity_check", "quick_check",
+})
+# PRAGMAs that act on the files even without an argument.
+ACTING_PRAGMAS = frozenset({"wal_checkpoint", "optimize", "incremental_vacuum"})
+
+
+def _authorize(action: int, name: str | None, argument: str | None, *_: object) -> int:
+    """Authorizer of read-only connections: refuse what `mode=ro` and `query_only` let through.
+
+    ATTACH (and VACUUM INTO) could create files; a PRAGMA that sets something (journal_mode,
+    query_only, ...) or acts on the files would otherwise fail deep inside SQLite ("disk I/O
+    error") or switch the protection off. Refused here, each is SQLITE_AUTH: "not authorized".
+    """
+    if action == sqlite3.SQLITE_ATTACH:
+        return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_PRAGMA:
+        pragma = (name or "").lower()
+        if pragma in ACTING_PRAGMAS or (argument is not None and pragma not in READING_PRAGMAS):
+            return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+class _Connection(sqlite3.Connection):
+    """A connection of this command: REGEXP and the tag comparison of `check` as SQL functions.
+
+    SQLite reports an exception raised in a function only as "user-defined function raised
+    exception", so REGEXP keeps the reason here for the message.
+    """
+
+    regexp_error: str | None = None
+
+    def regexp(self, pattern: Any, key: Any) -> bool | None:
+        """`key REGEXP pattern` with `re.match` semantics; NULL on either side gives NULL."""
+        if pattern is None or key is None:
+            return None
+        if not isinstance(pattern, str) or not isinstance(key, str):
+            self.regexp_error = f"REGEXP takes text on both sides, got {type(key).__name__} REGEXP {type(pattern).__name__}"
+            raise TypeError(self.regexp_error)
+        try:
+            return _regexp(pattern, key)
+        except re.error as error:
+            self.regexp_error = f"invalid regex {pattern!r} in REGEXP: {error}"
+            raise
+
+
+@functools.lru_cache(maxsize=1024)
+def _tag_set(tags_json: str) -> frozenset[str]:
+    return frozenset(json.loads(tags_json))
+
+
+def _has_tag(tags_json: str, tag: str) -> bool:
+    """`sqlcache_has_tag(entries.tags, tag)`: whether the JSON array holds `tag`, compared whole.
+
+    SQLite's json_each cuts a string at an escaped NUL ("grp\\u0000A" becomes "grp"), so it
+    cannot compare tags; Python's json can.
+    """
+    return tag in _tag_set(tags_json)
+
+
+def _require_readable(path: Path) -> None:
+    """SQLite says only "unable to open database file"; the file system says why."""
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except OSError as error:
+        raise CliError(f"cannot read {path}: {error.strerror}", EXIT_DATABASE) from None
+
+
+def _require_writable(path: Path) -> None:
+    """Opening for writing, without creating anything: a clear message before any change."""
+    try:
+        os.close(os.open(path, os.O_RDWR))
+    except OSError as error:
+        raise CliError(f"cannot open {path} for writing: {error.strerror}", EXIT_DATABASE) from None
 
 
 @contextlib.contextmanager
-def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
+def _read_only(path: Path) -> Iterator[_Connection]:
     """A read-only connection to a sqlcache database (closed on exit), or a `CliError` saying why not."""
     _require_file(path)
+    _require_readable(path)
     try:
         connection = sqlite3.connect(
-            path.resolve().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT, isolation_level=None
+            path.resolve().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT, isolation_level=None,
+            factory=_Connection,
         )
     except sqlite3.Error as error:
         raise CliError(f"cannot open {path}: {error}", EXIT_DATABASE) from None
     try:
         connection.execute("PRAGMA query_only = ON")
-        connection.set_authorizer(_deny_attach)
-        connection.create_function("regexp", 2, _regexp, deterministic=True)
+        connection.set_authorizer(_authorize)
+        connection.create_function("regexp", 2, connection.regexp, deterministic=True)
+        connection.create_function("sqlcache_has_tag", 2, _has_tag, deterministic=True)
         _require_schema(connection, path)
         connection.row_factory = sqlite3.Row
         yield connection
@@ -224,6 +348,7 @@ def _run_with_manager(path: Path, action: Callable[[Any], Any]) -> Any:
             f"--dir with the directory of a {DB_NAME}",
             EXIT_USAGE,
         )
+    _require_writable(path)
     from ._manager import CacheManager
 
     async def run() -> Any:
@@ -237,6 +362,14 @@ def _run_with_manager(path: Path, action: Callable[[Any], Any]) -> Any:
         raise CliError(str(error), EXIT_SQL) from None
     except CacheError as error:
         raise CliError(str(error), EXIT_DATABASE) from None
+    except OSError as error:  # e.g. the lock file in a directory that is not writable
+        raise CliError(f"cannot use the cache directory {path.parent}: {_os_error(error)}", EXIT_DATABASE) from None
+
+
+def _os_error(error: OSError) -> str:
+    """`Permission denied: 'cache/sqlcache.lock'`: the reason and the file, never a traceback."""
+    reason = error.strerror or str(error)
+    return f"{reason}: {error.filename!r}" if error.filename else reason
 
 
 # ---------------------------------------------------------------- output
@@ -245,9 +378,20 @@ def _run_with_manager(path: Path, action: Callable[[Any], Any]) -> Any:
 def _emit(args: argparse.Namespace, data: Any, render: Callable[[Any], str]) -> None:
     """Print `data` as JSON with --json, else as `render(data)` for a person."""
     if getattr(args, "json", False):
-        print(json.dumps(data, indent=2, ensure_ascii=False))
+        print(json.dumps(_finite(data), indent=2, ensure_ascii=False, allow_nan=False))
     else:
         print(render(data))
+
+
+def _finite(data: Any) -> Any:
+    """`data` with NaN and infinities as None: JSON has no such numbers (a bare NaN is invalid)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {name: _finite(value) for name, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(value) for value in data]
+    return data
 
 
 def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], headers: Sequence[str] | None = None) -> str:
@@ -566,6 +710,7 @@ def run_vacuum(args: argparse.Namespace) -> int:
     path = _db_path(args)
     with _read_only(path):  # the same checks and messages as every other command
         pass
+    _require_writable(path)
     before = _file_size(path) + _file_size(Path(f"{path}-wal"))
     connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
     try:
@@ -596,7 +741,7 @@ def run_tasks(args: argparse.Namespace) -> int:
     path = _db_path(args)
     with _read_only(path) as db:
         if _has_table(db, "preload_tasks"):
-            rows = [dict(row) for row in db.execute(TASKS)]
+            rows = [_task(row) for row in db.execute(TASKS)]
         else:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             print(f"sqlcache: {path} has no preload_tasks table (schema version {version}): it was last opened "
@@ -604,6 +749,15 @@ def run_tasks(args: argparse.Namespace) -> int:
             rows = []
     _emit(args, rows, _render_tasks)
     return EXIT_OK
+
+
+def _task(row: sqlite3.Row) -> dict[str, Any]:
+    """A `preload_tasks` row with its truth value as a boolean and its tags as a list."""
+    task = dict(row)
+    task["enabled"] = bool(task["enabled"])
+    if "tags" in task:
+        task["tags"] = json.loads(task["tags"])
+    return task
 
 
 def _render_tasks(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -618,11 +772,14 @@ def _render_tasks(rows: Sequence[Mapping[str, Any]]) -> str:
 
 # ---------------------------------------------------------------- check
 
-# Each counts what breaks the invariant named by its key (rows, or mismatched counters).
+# Each counts what breaks the invariant named by its key (rows, or mismatched counters). Tags are
+# compared with sqlcache_has_tag (Python's json), since json_each cuts a tag at a NUL; entries.tags
+# holds each tag once (the library sorts and dedups), so a count of matching rows equals its length.
 CHECKS = {
+    # IS NOT, so that a missing counters row fails too.
     "counters match entries": """
-        SELECT (SELECT entries FROM counters WHERE id = 1) <> (SELECT count(*) FROM entries)
-            OR (SELECT bytes FROM counters WHERE id = 1) <> (SELECT coalesce(sum(size), 0) FROM entries)""",
+        SELECT (SELECT entries FROM counters WHERE id = 1) IS NOT (SELECT count(*) FROM entries)
+            OR (SELECT bytes FROM counters WHERE id = 1) IS NOT (SELECT coalesce(sum(size), 0) FROM entries)""",
     "sizes match keys and values": """
         SELECT count(*) FROM entries WHERE size <> length(CAST(key AS BLOB)) + length(value)""",
     "every entry has access statistics": """
@@ -630,11 +787,12 @@ CHECKS = {
     "no orphan access statistics": """
         SELECT count(*) FROM access AS a WHERE NOT EXISTS (SELECT 1 FROM entries AS e WHERE e.id = a.entry_id)""",
     "tag index has every entry tag": """
-        SELECT count(*) FROM entries AS e, json_each(e.tags) AS j
-        WHERE NOT EXISTS (SELECT 1 FROM tags AS t WHERE t.tag = j.value AND t.entry_id = e.id)""",
+        SELECT count(*) FROM entries AS e
+        WHERE json_array_length(e.tags) <> (
+            SELECT count(*) FROM tags AS t WHERE t.entry_id = e.id AND sqlcache_has_tag(e.tags, t.tag))""",
     "tag index has nothing else": """
         SELECT count(*) FROM tags AS t WHERE NOT EXISTS (
-            SELECT 1 FROM entries AS e, json_each(e.tags) AS j WHERE e.id = t.entry_id AND j.value = t.tag)""",
+            SELECT 1 FROM entries AS e WHERE e.id = t.entry_id AND sqlcache_has_tag(e.tags, t.tag))""",
 }
 
 
@@ -659,7 +817,10 @@ def _schema_version(db: sqlite3.Connection) -> dict[str, Any]:
 
 
 def _invariant(db: sqlite3.Connection, name: str, sql: str) -> dict[str, Any]:
-    broken = db.execute(sql).fetchone()[0]
+    try:
+        broken = db.execute(sql).fetchone()[0]
+    except sqlite3.DatabaseError as error:  # e.g. malformed JSON in entries.tags
+        return {"check": name, "ok": False, "detail": f"could not be checked: {error}"}
     detail = "ok" if not broken else _count(broken, "inconsistency", "inconsistencies")
     return {"check": name, "ok": not broken, "detail": detail}
 
@@ -674,16 +835,38 @@ def _render_check(data: Mapping[str, Any]) -> str:
 
 
 def run_sql(args: argparse.Namespace) -> int:
+    if not _has_statement(args.statement):
+        raise CliError("no SQL statement given (the SQL argument is empty or only comments)", EXIT_USAGE)
     with _read_only(_db_path(args)) as db:
         try:
             cursor = db.execute(args.statement)
             rows = cursor.fetchall()
         except (sqlite3.DatabaseError, sqlite3.ProgrammingError, sqlite3.Warning) as error:
-            raise CliError(_sql_failure(error), EXIT_SQL) from None
+            raise CliError(db.regexp_error or _sql_failure(error), EXIT_SQL) from None
         columns = _unique([column[0] for column in cursor.description or ()])
     records = [dict(zip(columns, (_json_cell(value) for value in row))) for row in rows]
     _emit(args, records, lambda r: _table(r, columns) if columns else "(no result columns)")
     return EXIT_OK
+
+
+def _has_statement(text: str) -> bool:
+    """Whether `text` holds anything but blanks, `;` and comments: what SQLite would run.
+
+    Only the start needs reading: the first other character begins a statement.
+    """
+    position = 0
+    while position < len(text):
+        if text[position].isspace() or text[position] == ";":
+            position += 1
+        elif text.startswith("--", position):
+            end = text.find("\n", position)
+            position = len(text) if end < 0 else end + 1
+        elif text.startswith("/*", position):
+            end = text.find("*/", position + 2)
+            position = len(text) if end < 0 else end + 2
+        else:
+            return True
+    return False
 
 
 def _sql_failure(error: Exception) -> str:
@@ -714,10 +897,17 @@ def _unique(names: Sequence[str]) -> list[str]:
 def run_demo(args: argparse.Namespace) -> int:
     if getattr(args, "db", None) is not None:
         raise CliError("the demo writes a fresh cache directory: give --dir DIR, not --db", EXIT_USAGE)
-    from ._demo import run
+    from ._demo import DEFAULT_DIR, DirectoryInUse, ForeignDirectory, run
 
-    directory = Path(getattr(args, "dir", None) or "sqlcache-demo")
+    directory = Path(getattr(args, "dir", None) or DEFAULT_DIR)
     try:
-        return run(directory, duration=args.duration, agents=args.agents)
-    except (CacheError, OSError) as error:
+        finished = run(directory, duration=args.duration, agents=args.agents)
+    except ForeignDirectory as error:
+        raise CliError(str(error), EXIT_USAGE) from None
+    except DirectoryInUse as error:
+        raise CliError(str(error), EXIT_SQL) from None
+    except CacheError as error:
         raise CliError(f"the demo cannot use {directory}: {error}", EXIT_DATABASE) from None
+    except OSError as error:
+        raise CliError(f"the demo cannot use {directory}: {_os_error(error)}", EXIT_DATABASE) from None
+    return EXIT_OK if finished else EXIT_INTERRUPTED

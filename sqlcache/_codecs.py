@@ -52,7 +52,34 @@ def encode(value: Any, allow_pickle: bool) -> tuple[bytes, Codec]:
         ) from None
 
 
+_JSON_LEAVES = frozenset((str, int, float, bool, type(None)))
+
+
+def _check_json_types(value: Any) -> None:
+    """Raise TypeError unless `value` is made only of the exact types JSON gives back.
+
+    orjson writes `Enum` members (IntEnum and str enums too) and `UUID`s natively, as their
+    values: the memory tier would hand back `Color.RED` and the disk tier `1`. So every node
+    must be a plain str, int, float, bool, None, list, tuple or str-keyed dict."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        kind = type(node)
+        if kind in _JSON_LEAVES:
+            continue
+        if kind is list or kind is tuple:
+            stack.extend(node)
+        elif kind is dict:
+            for key in node:
+                if type(key) is not str:
+                    raise TypeError(f"dict key of type {type(key).__name__}")
+            stack.extend(node.values())
+        else:
+            raise TypeError(f"type {kind.__name__} is not JSON")
+
+
 def _encode_json(value: Any) -> tuple[bytes, Codec]:
+    _check_json_types(value)
     try:
         data = orjson.dumps(value, option=_STRICT)
     except orjson.JSONEncodeError as error:

@@ -62,7 +62,7 @@ class CacheConfig:
     invalidation_strategy: InvalidationStrategy = InvalidationStrategy.LRU
     allow_pickle: bool = False
     """Store values JSON cannot hold with pickle. Reading pickle runs code: trust the file."""
-    sync_interval: float = 1.0
+    sync_interval: float = 0.05
     """Seconds within which a change made by another process is seen by this memory tier."""
     busy_timeout: float = 5.0
     """Seconds a write waits for another process's lock before raising `CacheBusyError`."""

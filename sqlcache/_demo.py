@@ -5,22 +5,32 @@ each with its own `CacheManager` on one cache directory, as two agent processes 
 run agents with the guide's `_run_cycle`; engine A also runs the preloader. Halfway through, a
 tag is invalidated. The summary shows the hit rates, the HTTP calls the cache saved, and the
 commands to look inside the file the demo leaves behind.
+
+The demo only ever writes to a directory of its own: one it creates (mode 0700, with a marker
+file), or an empty one. Given a directory with anything else in it, another cache above all, it
+refuses and changes nothing. A re-run in its own directory starts afresh, unless another process
+has that cache open. Ctrl-C stops the agents early; the summary is still printed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import logging
+import os
 import random
 import shlex
+import signal
+import sqlite3
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 from ._manager import CacheManager
@@ -39,6 +49,36 @@ PRELOAD_INTERVAL = 5.0  # the guide's 60 s, scaled down so the demo shows severa
 API_LATENCY = 0.03  # seconds the fake exchange takes per request
 CANDLES = 100
 INVALIDATED_TAG = "BTC"
+
+DEFAULT_DIR = "sqlcache-demo"  # also in .gitignore
+MARKER = ".sqlcache-demo"  # written into a directory the demo creates: the proof it is the demo's
+DB_FILES = ("sqlcache.db", "sqlcache.db-wal", "sqlcache.db-shm")  # what a re-run removes
+DEMO_FILES = frozenset({MARKER, "sqlcache.lock", *DB_FILES})  # all a demo directory ever holds
+# SQLite's "DMS" byte in the -shm file: every connection to a WAL database holds a shared lock
+# on it while open (https://sqlite.org/walformat.html), so an exclusive lock means nobody has it.
+SHM_DMS_BYTE = 128
+
+# Rows the demo did not write: keys other than its series, tasks other than its preload tasks.
+FOREIGN_ENTRIES = "SELECT count(*) FROM entries WHERE key NOT IN (SELECT value FROM json_each(?))"
+FOREIGN_TASKS = "SELECT count(*) FROM preload_task_state WHERE name NOT IN (SELECT value FROM json_each(?))"
+
+
+class ForeignDirectory(Exception):
+    """The directory holds something the demo did not create; nothing was changed."""
+
+
+class DirectoryInUse(Exception):
+    """The demo's own directory is open in another process; nothing was changed."""
+
+
+def cache_key(symbol: str, timeframe: str) -> str:
+    """The key an agent or a preload task stores a series under."""
+    return f"market_data:{symbol}:{timeframe}"
+
+
+def task_name(symbol: str, timeframe: str) -> str:
+    """The preload task that refreshes a series."""
+    return f"market_data_{symbol.lower()}_{timeframe}"
 
 
 # ---------------------------------------------------------------- the exchange
@@ -138,8 +178,8 @@ class MarketAgent:
     async def _run_cycle(self, resource_pool: ResourcePool) -> Dict[str, Any]:
         """Run a single agent execution cycle (the guide's pattern)."""
         self.cycles += 1
-        cache_key = f"market_data:{self.symbol}:{self.timeframe}"
-        market_data = await resource_pool.cache_get(cache_key)
+        key = cache_key(self.symbol, self.timeframe)
+        market_data = await resource_pool.cache_get(key)
 
         if market_data is None:
             self.api_calls += 1
@@ -151,7 +191,7 @@ class MarketAgent:
             )
             if status == 200:
                 await resource_pool.cache_set(
-                    key=cache_key,
+                    key=key,
                     value=market_data,
                     ttl=TTL[self.timeframe],
                     tags=["market_data", self.symbol, self.timeframe],
@@ -164,10 +204,17 @@ class MarketAgent:
         self.signals[signal] += 1
         return {"processed": True, "signal": signal}
 
-    async def run_until(self, resource_pool: ResourcePool, deadline: float) -> None:
-        while time.monotonic() < deadline:
+    async def run_until(self, resource_pool: ResourcePool, deadline: float, stop: asyncio.Event) -> None:
+        """Run cycles until the deadline, or until `stop` (Ctrl-C) ends the current one."""
+        while time.monotonic() < deadline and not stop.is_set():
             await self._run_cycle(resource_pool)
-            await asyncio.sleep(random.uniform(0.05, 0.15))
+            await _pause(stop, random.uniform(0.05, 0.15))
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep `seconds`, or less if `stop` is set meanwhile."""
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
 
 
 def _signal(rows: list[list[float]]) -> str:
@@ -182,24 +229,129 @@ def _signal(rows: list[list[float]]) -> str:
 # ---------------------------------------------------------------- the run
 
 
-def run(directory: Path, *, duration: float, agents: int) -> int:
-    """Run the demo in `directory` for `duration` seconds with `agents` agents; the exit code."""
-    _fresh(directory)
+def run(directory: Path, *, duration: float, agents: int) -> bool:
+    """Run the demo in `directory` for `duration` seconds with `agents` agents.
+
+    Returns False when Ctrl-C cut it short (the summary is printed either way). Raises
+    `ForeignDirectory` or `DirectoryInUse`, having changed nothing, for a directory it may not use.
+    """
+    _claim(directory)
     logging.getLogger("sqlcache").addHandler(_PrintHandler())
+    failing = [f"{s} {t}" for s, t in PRELOADED if s not in PRICES]
     with MarketDataServer() as server:
         print(f"sqlcache demo: market-data API on {server.base_url}, cache in {directory}/")
-        print(f"{agents} agents in 2 engines for {duration:g} s; the preloader refreshes "
-              f"{', '.join(f'{s} {t}' for s, t in PRELOADED)} every {PRELOAD_INTERVAL:g} s")
+        print(f"Note: the preload task for {', '.join(failing)} fails on purpose (the API answers 404 for a "
+              f"delisted symbol), so its errors below are expected and `sqlcache tasks` has one to show.")
+        print(f"{agents} agents in 2 engines for {duration:g} s (Ctrl-C stops early); the preloader refreshes "
+              f"{', '.join(f'{s} {t}' for s, t in PRELOADED)} every {PRELOAD_INTERVAL:g} s", flush=True)
         summary = asyncio.run(_demo(directory, server, duration, agents))
     _print_summary(summary, directory)
-    return 0
+    return not summary["interrupted"]
 
 
-def _fresh(directory: Path) -> None:
-    """Start from an empty cache: remove an earlier demo's database files (and nothing else)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in ("sqlcache.db", "sqlcache.db-wal", "sqlcache.db-shm"):
-        (directory / name).unlink(missing_ok=True)
+def _claim(directory: Path) -> None:
+    """Make `directory` the demo's, empty of cache files, or raise having changed nothing.
+
+    A new directory is created 0700 and marked. An empty one is marked. One with the marker,
+    only demo files, and only the demo's keys and tasks in its database is an earlier run's: its
+    database files are removed, under the library's open lock, once no process has them open.
+    """
+    if not directory.exists():
+        directory.mkdir(mode=0o700, parents=True)
+        directory.chmod(0o700)  # whatever the umask
+        _mark(directory)
+        return
+    if not directory.is_dir():
+        raise ForeignDirectory(f"refused: {directory} is not a directory; nothing was changed")
+    names = set(os.listdir(directory))
+    if not names:
+        _mark(directory)
+        return
+    if MARKER not in names:
+        what = "another cache" if "sqlcache.db" in names else "files"
+        raise _foreign(directory, f"it holds {what} the demo did not create")
+    if names - DEMO_FILES:
+        raise _foreign(directory, f"it holds files the demo does not write ({', '.join(sorted(names - DEMO_FILES)[:3])})")
+    with _opening_lock(directory):
+        _require_idle(directory)
+        _require_demo_rows(directory / "sqlcache.db")
+        with _idle(directory):
+            for name in DB_FILES:
+                (directory / name).unlink(missing_ok=True)
+
+
+def _foreign(directory: Path, why: str) -> ForeignDirectory:
+    return ForeignDirectory(
+        f"refused: {directory} is not a directory the demo created ({why}); nothing was changed: "
+        f"give --dir a new or empty directory"
+    )
+
+
+def _mark(directory: Path) -> None:
+    (directory / MARKER).write_text(
+        "Created by `sqlcache demo`, which may reset the cache here on its next run.\n", encoding="utf-8"
+    )
+
+
+@contextlib.contextmanager
+def _opening_lock(directory: Path) -> Iterator[None]:
+    """The flock the library holds while it opens the cache (SQLiteStore._lock_file), so no
+    process can open it meanwhile; refused at once if one is opening it now."""
+    with open(directory / "sqlcache.lock", "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _in_use(directory) from None
+        yield  # closing the file releases the flock
+
+
+def _in_use(directory: Path) -> DirectoryInUse:
+    return DirectoryInUse(
+        f"refused: the demo cache in {directory} is open in another process; nothing was changed: "
+        f"stop that process or give --dir a new directory"
+    )
+
+
+@contextlib.contextmanager
+def _idle(directory: Path) -> Iterator[None]:
+    """Hold SQLite's DMS lock, which no connection to the database can share: proof that none is
+    open. Without a -shm file no WAL connection is open either."""
+    shm = directory / "sqlcache.db-shm"
+    try:
+        fd = os.open(shm, os.O_RDWR)
+    except FileNotFoundError:
+        yield
+        return
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, SHM_DMS_BYTE, os.SEEK_SET)
+        except OSError:
+            raise _in_use(directory) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _require_idle(directory: Path) -> None:
+    """Refuse before reading the database if another process has it open."""
+    with _idle(directory):
+        pass
+
+
+def _require_demo_rows(db: Path) -> None:
+    """Refuse a database holding any key or preload task the demo does not write."""
+    if not db.exists():
+        return
+    keys = [cache_key(symbol, timeframe) for symbol in [*PRICES, *(s for s, _ in PRELOADED)] for timeframe in TIMEFRAMES]
+    tasks = [task_name(symbol, timeframe) for symbol, timeframe in PRELOADED]
+    try:
+        with contextlib.closing(sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)) as connection:
+            foreign = connection.execute(FOREIGN_ENTRIES, (json.dumps(keys),)).fetchone()[0]
+            foreign += connection.execute(FOREIGN_TASKS, (json.dumps(tasks),)).fetchone()[0]
+    except sqlite3.Error as error:
+        raise _foreign(db.parent, f"its sqlcache.db cannot be read as the demo's: {error}") from None
+    if foreign:
+        raise _foreign(db.parent, f"its sqlcache.db holds {foreign} entries or tasks the demo did not write")
 
 
 class _PrintHandler(logging.Handler):
@@ -209,20 +361,23 @@ class _PrintHandler(logging.Handler):
         super().__init__(logging.WARNING)
 
     def emit(self, record: logging.LogRecord) -> None:
-        print(f"      ! {record.getMessage()}")
+        print(f"      ! {record.getMessage()}", flush=True)
 
 
 async def _demo(directory: Path, server: MarketDataServer, duration: float, count: int) -> dict[str, Any]:
     engines = [ResourcePool(CacheManager({"disk_cache_dir": directory})) for _ in range(2)]
     team = [MarketAgent(symbol, timeframe, server.base_url)
             for symbol, timeframe in (WATCHLIST[i % len(WATCHLIST)] for i in range(count))]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, _interrupted, loop, stop)
     try:
         _register_preload_tasks(engines[0], server.base_url)
         await engines[0].start_cache_preloader()
         started = time.monotonic()
         deadline = started + duration
-        work = [asyncio.create_task(agent.run_until(engines[i % 2], deadline)) for i, agent in enumerate(team)]
-        await _watch(engines, team, server, started, deadline)
+        work = [asyncio.create_task(agent.run_until(engines[i % 2], deadline, stop)) for i, agent in enumerate(team)]
+        await _watch(engines, team, server, started, deadline, stop)
         await asyncio.gather(*work)
         elapsed = time.monotonic() - started
         await engines[0].stop_cache_preloader()
@@ -231,35 +386,48 @@ async def _demo(directory: Path, server: MarketDataServer, duration: float, coun
     finally:
         for engine in engines:
             await engine.close()
-    return {"elapsed": elapsed, "agents": team, "server_calls": server.requests, "stats": stats, "preloader": preloader}
+        loop.remove_signal_handler(signal.SIGINT)
+    return {"elapsed": elapsed, "agents": team, "server_calls": server.requests, "stats": stats,
+            "preloader": preloader, "interrupted": stop.is_set()}
+
+
+def _interrupted(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """The first Ctrl-C: let the agents finish their cycle, then close and summarise. A second
+    one gets Python's own KeyboardInterrupt (the command exits 130 at once)."""
+    print("\nInterrupted: stopping the agents, closing the cache, then the summary (Ctrl-C again to quit now)",
+          flush=True)
+    stop.set()
+    loop.remove_signal_handler(signal.SIGINT)
 
 
 def _register_preload_tasks(pool: ResourcePool, base_url: str) -> None:
     for symbol, timeframe in PRELOADED:
         pool.register_preload_task(
-            name=f"market_data_{symbol.lower()}_{timeframe}",
+            name=task_name(symbol, timeframe),
             loader_func=pool.cache_preloader.preload_market_data,
             interval=PRELOAD_INTERVAL,
             args=[symbol, timeframe, "example", f"{base_url}/market/{symbol}/{timeframe}"],
             kwargs={"params": {"limit": CANDLES}},
-            cache_key=f"market_data:{symbol}:{timeframe}",
+            cache_key=cache_key(symbol, timeframe),
             cache_ttl=TTL[timeframe],
             tags=["market_data", symbol, timeframe],
         )
 
 
 async def _watch(engines: list[ResourcePool], team: list[MarketAgent], server: MarketDataServer,
-                 started: float, deadline: float) -> None:
+                 started: float, deadline: float, stop: asyncio.Event) -> None:
     """A progress line every second; the tag invalidation halfway."""
     invalidate_at, invalidated = started + (deadline - started) / 2, False
     next_line = started + 1.0
-    while (now := time.monotonic()) < deadline:
-        await asyncio.sleep(max(0.0, min(next_line, deadline) - now))
+    while (now := time.monotonic()) < deadline and not stop.is_set():
+        await _pause(stop, max(0.0, min(next_line, deadline) - now))
+        if stop.is_set():
+            break
         if not invalidated and time.monotonic() >= invalidate_at:
             invalidated = True
             removed = await engines[1].cache_invalidate_by_tag(INVALIDATED_TAG)
             print(f"{time.monotonic() - started:5.1f}s  market event: invalidated tag {INVALIDATED_TAG!r} "
-                  f"({removed} entries) from engine B; engine A hears of it through the database")
+                  f"({removed} entries) from engine B; engine A hears of it through the database", flush=True)
         if time.monotonic() >= next_line:
             next_line += 1.0
             await _progress(engines, team, server, started)
@@ -273,7 +441,7 @@ async def _progress(engines: list[ResourcePool], team: list[MarketAgent], server
     agent_calls = sum(agent.api_calls for agent in team)
     print(f"{time.monotonic() - started:5.1f}s  cycles {cycles:5d}  hit rate {_combined(stats):6.1%}  "
           f"API calls {server.requests:3d} (agents {agent_calls}, preloader {server.requests - agent_calls})  "
-          f"disk {cache['disk_entries']} entries, {cache['disk_size'] / 1024:.1f} KiB")
+          f"disk {cache['disk_entries']} entries, {cache['disk_size'] / 1024:.1f} KiB", flush=True)
 
 
 def _combined(stats: list[dict[str, Any]]) -> float:
@@ -294,7 +462,9 @@ def _print_summary(summary: dict[str, Any], directory: Path) -> None:
     calls = summary["server_calls"]
     saved = cycles - calls
     print()
-    print(f"Done in {summary['elapsed']:.1f} s: {len(team)} agents ran {cycles} cycles.")
+    ended = "Interrupted after" if summary["interrupted"] else "Done in"
+    how = " (Ctrl-C)" if summary["interrupted"] else ""
+    print(f"{ended} {summary['elapsed']:.1f} s{how}: {len(team)} agents ran {cycles} cycles.")
     print(f"  memory hit rate    {_rate(stats, 'memory_hits', 'memory_misses'):6.1%}  (gets served from each engine's memory)")
     print(f"  disk hit rate      {_rate(stats, 'disk_hits', 'disk_misses'):6.1%}  (memory misses served from the shared file)")
     print(f"  combined hit rate  {_combined(stats):6.1%}")
@@ -306,7 +476,7 @@ def _print_summary(summary: dict[str, Any], directory: Path) -> None:
         failure = f", last error: {task['last_error']}" if task["error_count"] else ""
         print(f"  preload task {name}: {task['run_count']} runs, {task['error_count']} errors{failure}")
     longest = max(team, key=lambda agent: TTL[agent.timeframe])
-    _print_commands(directory, f"market_data:{longest.symbol}:{longest.timeframe}")
+    _print_commands(directory, cache_key(longest.symbol, longest.timeframe))
 
 
 def _print_commands(directory: Path, key: str) -> None:

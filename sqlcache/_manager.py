@@ -3,8 +3,19 @@
 Reads go to the memory tier, then to disk (promoting a disk hit with its remaining TTL).
 Writes go through a `GroupCommitter`, and their effect on the memory tier is applied right after
 the commit, in commit order, so the latest set wins in every tier. At most every
-`sync_interval` a read checks the database's invalidation log (reading it only when
-`PRAGMA data_version` moved), so other processes' changes reach this memory tier in time.
+`sync_interval` a read asks the store for other processes' changes (on SQLite a
+`PRAGMA data_version` on the loop's own connection, about a microsecond), so their changes
+reach this memory tier in time while a memory hit makes no database round trip.
+
+Ordering across processes is by log position (`seq`): every committed change has one, an entry
+this process wrote remembers its own, and a change another process logged before it cannot
+remove it. A loader's result is stored only if nothing that could touch its key was logged after
+the load began (`unless_changed_since`), so it never overwrites a newer set, delete or
+invalidation, in this process or another.
+
+Everything that belongs to an event loop (futures, tasks, locks) lives in a `_LoopBound` made
+for the running loop; a manager used from a new loop (a second `asyncio.run`, a loop per test)
+makes a new one and keeps the store, whose worker thread belongs to no loop.
 """
 
 from __future__ import annotations
@@ -16,14 +27,14 @@ import math
 import re
 import time
 import uuid
-from typing import Any, Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Sequence
 
 from ._batching import GroupCommitter, ReadCoalescer
 from ._codecs import decode, encode
 from ._config import CacheConfig, CacheLevel
+from ._engines import make_store
 from ._exceptions import CacheError
 from ._memory import Entry, KeySet, MemoryTier
-from ._engines import make_store
 from ._store import (
     Changes,
     FlushReads,
@@ -36,16 +47,44 @@ from ._store import (
     RemoveTag,
     Store,
     StoredRow,
-    TrimLog,
     WriteOp,
     literal_prefix,
 )
 
+if TYPE_CHECKING:
+    from ._decorator import CachedDecorator, KeyMaker
+
 logger = logging.getLogger("sqlcache")
 
 _MISSING: Any = object()
-_LOG_RETENTION = 120.0  # seconds of invalidation log kept for processes that fall behind
 _MAX_PENDING_READS = 50_000  # read statistics buffered before an early flush
+_SHOWN_CHARS = 60  # characters of a key an error message shows
+
+# Where a get was answered, for the counters.
+_MEMORY, _DISK, _NOWHERE = "memory", "disk", None
+
+
+class _Flight:
+    """One `get_or_set` load shared by every caller of its key."""
+
+    __slots__ = ("future", "spoiled")
+
+    def __init__(self, future: asyncio.Future[Any]):
+        self.future = future
+        self.spoiled = False  # a local change touched the key meanwhile (used with no disk tier)
+
+
+class _LoopBound:
+    """What belongs to one event loop: the batching layers, the loads in flight, the tasks."""
+
+    def __init__(self, manager: "CacheManager", loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.reader: ReadCoalescer[StoredRow] = ReadCoalescer(manager._read_rows)
+        self.committer: GroupCommitter[WriteOp] = GroupCommitter(manager._write, _may_be_one_ops_fault)
+        self.flights: dict[str, _Flight] = {}
+        self.open_lock = asyncio.Lock()
+        self.maintenance: asyncio.Task[None] | None = None
+        self.flush: asyncio.Task[None] | None = None
 
 
 class CacheManager:
@@ -62,18 +101,15 @@ class CacheManager:
         self._memory = MemoryTier(self.config.memory_max_size, self.config.invalidation_strategy, self._clock)
         self._origin = uuid.uuid4().hex
         self._store: Store | None = None
-        self._open_lock = asyncio.Lock()
-        self._reader: ReadCoalescer[StoredRow] = ReadCoalescer(self._read_rows)
-        self._committer: GroupCommitter[WriteOp] = GroupCommitter(self._write)
+        self._bound: _LoopBound | None = None
         self._reads: dict[str, list[float]] = {}
-        self._flights: dict[str, asyncio.Future[Any]] = {}
-        self._next_sync = math.inf
-        self._sync_task: asyncio.Task[None] | None = None
-        self._maintenance: asyncio.Task[None] | None = None
+        self._next_sync = -math.inf  # due at once: the first read opens the store
+        self._committed_seq = 0  # log position of the latest batch this process committed
         self._counts = dict.fromkeys(
             ("gets", "memory_hits", "disk_lookups", "disk_hits", "sets", "deletes", "disk_evictions", "disk_expirations"),
             0,
         )
+        self._disk_figures = (0, 0)  # (entries, bytes) of the disk tier when get_stats last read them
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -94,37 +130,56 @@ class CacheManager:
         return self._clock
 
     async def close(self) -> None:
-        """Finish pending writes, flush read statistics, release the database file."""
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            self._maintenance = None
+        """Finish pending writes, flush read statistics, release the database file.
+
+        A closed manager used again opens the database again (with an empty memory tier, since
+        other processes may have changed anything meanwhile)."""
+        bound = self._here()
+        if bound.maintenance is not None:
+            bound.maintenance.cancel()
+            bound.maintenance = None
         store = self._store
         if store is None:
             return
         try:
             if self._reads:
-                await self._committer.submit(FlushReads())
-            await self._committer.drain()
+                await bound.committer.submit(FlushReads())
+            await bound.committer.drain()
         except CacheError as error:
             logger.warning("sqlcache: read statistics not saved on close: %s", error)
         finally:
             self._store = None
-            self._next_sync = math.inf
+            self._next_sync = -math.inf
             await store.close()
+
+    def _here(self) -> _LoopBound:
+        """The loop-bound state of the running loop, made anew when the loop changed."""
+        loop = asyncio.get_running_loop()
+        bound = self._bound
+        if bound is None or bound.loop is not loop:
+            bound = self._bound = _LoopBound(self, loop)
+            if self._store is not None:
+                self._start_maintenance(bound)
+        return bound
 
     async def _disk(self) -> Store | None:
         """The open disk store, opening it on first use; None when the disk tier is off."""
         if self._store is not None or not self.config.disk_cache_enabled:
             return self._store
-        async with self._open_lock:
+        bound = self._here()
+        async with bound.open_lock:
             if self._store is None:
                 store = make_store(self.config, self._origin)
                 await store.open()
                 self._memory.clear()  # whatever it held may have changed while the file was closed
                 self._store = store
                 self._next_sync = time.monotonic() + self.config.sync_interval
-                self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
+                self._start_maintenance(bound)
         return self._store
+
+    def _start_maintenance(self, bound: _LoopBound) -> None:
+        if bound.maintenance is None:
+            bound.maintenance = bound.loop.create_task(self._maintain())
 
     # ------------------------------------------------------------------ reads
 
@@ -135,22 +190,21 @@ class CacheManager:
         if time.monotonic() >= self._next_sync:
             await self._sync()
         now = self._clock()
-        self._counts["gets"] += 1
         entry = self._memory.get(key, now)
         if entry is not None:
-            self._counts["memory_hits"] += 1
-            self._note_read(key, now)
+            self._count_get(key, _MEMORY, now)
             return entry.value
         value = await self._get_from_disk(key, now)
+        self._count_get(key, _NOWHERE if value is _MISSING else _DISK, now)
         return default if value is _MISSING else value
 
     async def _get_from_disk(self, key: str, now: float) -> Any:
+        """The live value of `key` on disk (promoted to memory), or `_MISSING`; not counted."""
         if self._store is None and await self._disk() is None:
             return _MISSING
         if not key.isascii():
             _check_key(key)  # a key SQLite cannot bind must not fail the batch it would join
-        self._counts["disk_lookups"] += 1
-        row, promotable = await self._reader.load(key)
+        row, promotable = await self._here().reader.load(key)
         if row is None:
             return _MISSING
         if row.expires_at is not None and row.expires_at <= now:
@@ -159,14 +213,25 @@ class CacheManager:
         try:
             value = decode(row.data, row.codec, self.config.allow_pickle)
         except Exception as error:
-            logger.warning("sqlcache: cannot read the stored value of %r, treating it as a miss: %s", key, error)
+            logger.warning("sqlcache: cannot read the stored value of %s, treating it as a miss: %s", _shown(key), error)
             return _MISSING
-        self._counts["disk_hits"] += 1
-        self._note_read(key, now)
         if promotable:
             expires_at = math.inf if row.expires_at is None else row.expires_at
             self._memory.set(key, Entry(value, expires_at, row.tags))
         return value
+
+    def _count_get(self, key: str, source: str | None, now: float) -> None:
+        """Count one caller's get, answered by `source` (memory, disk, or neither)."""
+        counts = self._counts
+        counts["gets"] += 1
+        if source is _MEMORY:
+            counts["memory_hits"] += 1
+        elif self._store is not None:
+            counts["disk_lookups"] += 1
+            if source is _DISK:
+                counts["disk_hits"] += 1
+        if source is not _NOWHERE:
+            self._note_read(key, now)
 
     def _note_read(self, key: str, now: float) -> None:
         """Buffer a read for the disk tier's LRU/LFU statistics; flushed with the next write."""
@@ -176,15 +241,12 @@ class CacheManager:
         if counts is None:
             self._reads[key] = [1, now]
             if len(self._reads) > _MAX_PENDING_READS:
-                asyncio.get_running_loop().create_task(self._flush_reads())
+                bound = self._here()
+                if bound.flush is None:
+                    bound.flush = bound.loop.create_task(self._flush_reads())
         else:
             counts[0] += 1
             counts[1] = now
-
-    def _opened_store(self) -> Store:
-        if self._store is None:
-            raise CacheError("the cache was closed while this call was pending")
-        return self._store
 
     async def _read_rows(self, keys: Sequence[str]) -> dict[str, StoredRow]:
         store = self._store
@@ -205,6 +267,12 @@ class CacheManager:
         `ttl=None` means `default_ttl`; `ttl=0` means no expiry. When a DISK or ALL set
         returns, the entry is committed to the database.
         """
+        await self._set(key, value, ttl, level, tags)
+
+    async def _set(
+        self, key: str, value: Any, ttl: Any, level: Any, tags: Any, since: int | None = None
+    ) -> None:
+        """`set`, or with `since` (a log position) a loader's store that yields to any newer change."""
         _check_key(key)
         level = _level(level)
         tags = _tags(tags)
@@ -212,46 +280,50 @@ class CacheManager:
         data, codec = encode(value, self.config.allow_pickle)
         now = self._clock()
         expires_at = now + ttl if ttl else math.inf
-        entry = Entry(value, expires_at, tags)
         if level is not CacheLevel.MEMORY and len(data) + len(key.encode()) > self.config.disk_max_size:
             raise ValueError(
-                f"value of {key!r} takes {len(data)} bytes, more than disk_max_size ({self.config.disk_max_size})"
+                f"value of {_shown(key)} takes {len(data)} bytes, more than disk_max_size ({self.config.disk_max_size})"
             )
         store = await self._disk()
+        bound = self._here()
         self._counts["sets"] += 1
         if store is None:
-            self._memory.set(key, entry)
+            self._spoil_flight(bound, key)
+            self._memory.set(key, Entry(value, expires_at, tags))
             return
 
-        def after_commit(_: Any) -> None:
-            self._reader.spoil(key)
+        def after_commit(result: Any) -> None:
+            if result is None:
+                return  # a loader's result that a newer change overtook: the newer state stays
+            bound.reader.spoil(key)
             if level is CacheLevel.DISK:
                 self._memory.discard(key)
             else:
-                self._memory.set(key, entry)
+                self._memory.set(key, Entry(value, expires_at, tags, self._committed_seq))
 
         if level is CacheLevel.MEMORY:
-            op: WriteOp = Remove((key,))  # an older disk copy must not come back
+            op: WriteOp = Remove((key,), since, tags)  # an older disk copy must not come back
         else:
-            op = Put(key, data, codec, tags, now, None if expires_at == math.inf else expires_at)
-        await self._committer.submit(op, after_commit)
+            op = Put(key, data, codec, tags, now, None if expires_at == math.inf else expires_at, since)
+        await bound.committer.submit(op, after_commit)
 
     async def delete(self, key: str) -> bool:
         """Remove `key` from every tier; True if a live value was removed."""
         _check_key(key)
         now = self._clock()
         self._counts["deletes"] += 1
+        bound = self._here()
 
         def drop_from_memory() -> KeySet:
-            self._reader.spoil(key)
+            bound.reader.spoil(key)
+            self._spoil_flight(bound, key)
             return self._memory.invalidate_keys((key,), now)
 
         return bool(await self._invalidate(Remove((key,)), drop_from_memory, now))
 
     async def invalidate_by_tag(self, tag: str) -> int:
         """Remove every entry tagged `tag`; the number of live keys removed."""
-        if not isinstance(tag, str):
-            raise TypeError(f"tag must be a str, not {type(tag).__name__}")
+        _check_text("tag", tag)
         now = self._clock()
         return await self._invalidate(RemoveTag(tag), lambda: self._memory.invalidate_tag(tag, now), now)
 
@@ -261,12 +333,11 @@ class CacheManager:
         The disk tier narrows the rows by the pattern's literal prefix (`market_data:BTC:` in
         `market_data:BTC:.*`) through the key index; a pattern with no literal prefix scans.
         """
-        if not isinstance(pattern, str):
-            raise TypeError(f"pattern must be a str, not {type(pattern).__name__}")
+        _check_text("pattern", pattern)
         try:
             compiled = re.compile(pattern)
         except re.error as error:
-            raise ValueError(f"invalid pattern {pattern!r}: {error}") from None
+            raise ValueError(f"invalid pattern {_shown(pattern)}: {error}") from None
         now = self._clock()
         op = RemovePattern(pattern, literal_prefix(pattern))
         return await self._invalidate(op, lambda: self._memory.invalidate_pattern(compiled, now), now)
@@ -282,24 +353,44 @@ class CacheManager:
 
     async def _invalidate(self, op: WriteOp, drop_from_memory: Callable[[], KeySet], now: float) -> int:
         """Run a removal on disk, then in memory; count distinct live keys removed in either."""
+        bound = self._here()
+        if not isinstance(op, Remove):
+            self._spoil_flight(bound, None)
         if await self._disk() is None:
             return len(drop_from_memory())
 
         def after_commit(removed: list[Removed]) -> int:
             for key, _ in removed:
-                self._reader.spoil(key)
+                bound.reader.spoil(key)
             live = drop_from_memory()
             live.update(key for key, expires_at in removed if expires_at is None or expires_at > now)
             return len(live)
 
-        return await self._committer.submit(op, after_commit)
+        return await bound.committer.submit(op, after_commit)
 
     async def _write(self, ops: list[WriteOp]) -> list[Any]:
         reads, self._reads = self._reads, {}
-        result = await self._opened_store().write(ops, reads, self._clock())
+        store = self._store
+        try:
+            if store is None:
+                raise CacheError("the cache was closed while this call was pending")
+            result = await store.write(ops, reads, self._clock())
+        except BaseException:
+            self._keep_reads(reads)
+            raise
+        self._committed_seq = result.seq  # read by the after_commit callbacks that follow at once
         self._counts["disk_evictions"] += result.evicted
         self._counts["disk_expirations"] += result.expired
         return result.results
+
+    def _keep_reads(self, reads: dict[str, list[float]]) -> None:
+        """Put back read statistics a failed batch did not save."""
+        for key, (count, last) in reads.items():
+            pending = self._reads.setdefault(key, [0, last])
+            pending[0] += count
+            pending[1] = max(pending[1], last)
+
+    # ------------------------------------------------------------------ get_or_set
 
     async def get_or_set(
         self,
@@ -313,82 +404,99 @@ class CacheManager:
 
         Concurrent callers missing the memory tier for the same key share one disk lookup and,
         on a miss there, one loader call; a caller cancelled while waiting does not cancel the
-        load for the others.
+        load for the others. Each caller counts as one get. The loader's result is not stored if
+        a set, delete or invalidation of the key committed after the load began.
         """
         _check_key(key)
         # Refuse bad arguments before anything is loaded.
         _level(level)
         _tags(tags)
         self._ttl(ttl)
-        if self._memory.get(key, self._clock()) is not None:
-            value = await self.get(key, _MISSING)
-            if value is not _MISSING:
-                return value
-        flight = self._flights.get(key)
+        if time.monotonic() >= self._next_sync:
+            await self._sync()
+        now = self._clock()
+        entry = self._memory.get(key, now)
+        if entry is not None:
+            self._count_get(key, _MEMORY, now)
+            return entry.value
+        bound = self._here()
+        flight = bound.flights.get(key)
         if flight is None:
-            flight = asyncio.ensure_future(self._get_or_load(key, loader, ttl, level, tags))
-            self._flights[key] = flight
-            flight.add_done_callback(lambda done: self._end_flight(key, done))
-        return await asyncio.shield(flight)
-
-    async def _get_or_load(self, key: str, loader: Callable[[], Any], ttl: Any, level: Any, tags: Any) -> Any:
-        value = await self.get(key, _MISSING)
-        if value is _MISSING:
-            value = loader()
-            if inspect.isawaitable(value):
-                value = await value
-            await self.set(key, value, ttl, level, tags)
+            flight = _Flight(asyncio.ensure_future(self._get_or_load(key, loader, ttl, level, tags)))
+            bound.flights[key] = flight
+            flight.future.add_done_callback(lambda done: _end_flight(bound.flights, key, flight))
+        value, source = await asyncio.shield(flight.future)
+        self._count_get(key, source, self._clock())
         return value
 
-    def _end_flight(self, key: str, flight: asyncio.Future[Any]) -> None:
-        if self._flights.get(key) is flight:
-            del self._flights[key]
-        if not flight.cancelled():
-            flight.exception()  # retrieved: the callers that are still waiting get it
+    async def _get_or_load(self, key: str, loader: Callable[[], Any], ttl: Any, level: Any, tags: Any) -> tuple[Any, str | None]:
+        value = await self._get_from_disk(key, self._clock())
+        if value is not _MISSING:
+            return value, _DISK
+        store = self._store
+        since = await store.log_position() if store is not None else None
+        value = loader()
+        if inspect.isawaitable(value):
+            value = await value
+        flight = self._here().flights.get(key)
+        if store is not None or flight is None or not flight.spoiled:
+            await self._set(key, value, ttl, level, tags, since)
+        return value, _NOWHERE
+
+    def _spoil_flight(self, bound: _LoopBound, key: str | None) -> None:
+        """With no disk tier (no log to ask): a local change to `key` (None: to any key) means
+        loads in flight must not store their results."""
+        if self._store is None:
+            for flight_key, flight in bound.flights.items():
+                if key is None or flight_key == key:
+                    flight.spoiled = True
 
     # ------------------------------------------------------------------ coherence
 
     async def _sync(self) -> None:
-        """Apply other processes' invalidations to the memory tier (one check at a time)."""
-        if self._sync_task is None:
-            self._sync_task = asyncio.get_running_loop().create_task(self._sync_once())
-        await asyncio.shield(self._sync_task)
-
-    async def _sync_once(self) -> None:
+        """Apply other processes' invalidations to the memory tier; open the store if closed."""
+        self._next_sync = time.monotonic() + self.config.sync_interval
         try:
-            self._next_sync = time.monotonic() + self.config.sync_interval
-            changes = await self._opened_store().changes()
-            if changes is not None:
-                self._apply_changes(changes)
+            store = await self._disk()
+            if store is None:
+                self._next_sync = math.inf  # no disk tier: nothing to hear from
+                return
+            changes = await store.changes()
         except Exception as error:  # a locked or failing disk must not stop memory hits
             logger.warning("sqlcache: could not read other processes' invalidations: %s", error)
-        finally:
-            self._sync_task = None
+            return
+        if changes is not None:
+            self._apply_changes(changes)
 
     def _apply_changes(self, changes: Changes) -> None:
         now = self._clock()
+        reader = self._here().reader
         if not changes.complete:
             self._memory.clear()
-            self._reader.spoil_all()
+            reader.spoil_all()
             return
-        for kind, arg in changes.changes:
+        memory = self._memory
+        for seq, kind, arg in changes.changes:
             if kind == "key":
-                self._memory.discard(arg)
-                self._reader.spoil(arg)
+                memory.invalidate_keys((arg,), now, before=seq)
+                reader.spoil(arg)
                 continue
             if kind == "tag":
-                self._memory.invalidate_tag(arg, now)
+                memory.invalidate_tag(arg, now, before=seq)
             elif kind == "pattern":
-                self._memory.invalidate_pattern(re.compile(arg), now)
+                try:
+                    memory.invalidate_pattern(re.compile(arg), now, before=seq)
+                except re.error:  # written by a Python whose regexes this one cannot read
+                    memory.clear(before=seq)
             else:
-                self._memory.clear()
-            self._reader.spoil_all()
+                memory.clear(before=seq)
+            reader.spoil_all()
 
     # ------------------------------------------------------------------ maintenance
 
     async def _maintain(self) -> None:
         """Flush read statistics every `access_flush_interval`; purge expired entries in bounded
-        batches and trim the invalidation log every `purge_interval`."""
+        batches every `purge_interval`. (The invalidation log is trimmed by the writes.)"""
         next_purge = time.monotonic() + self.config.purge_interval
         while True:
             await asyncio.sleep(self.config.access_flush_interval)
@@ -398,12 +506,15 @@ class CacheManager:
                 if self.config.purge_interval and time.monotonic() >= next_purge:
                     next_purge = time.monotonic() + self.config.purge_interval
                     await self.purge_expired()
-                    await self._committer.submit(TrimLog(time.time() - max(_LOG_RETENTION, 10 * self.config.sync_interval)))
             except CacheError as error:
                 logger.warning("sqlcache: background maintenance failed, will retry: %s", error)
 
     async def _flush_reads(self) -> None:
-        await self._committer.submit(FlushReads())
+        bound = self._here()
+        try:
+            await bound.committer.submit(FlushReads())
+        finally:
+            bound.flush = None
 
     async def purge_expired(self) -> int:
         """Delete expired entries from disk, in batches of `purge_batch_size`; the number deleted."""
@@ -412,7 +523,7 @@ class CacheManager:
         batch_size = self.config.purge_batch_size
         purged = 0
         while True:
-            count = await self._committer.submit(PurgeExpired(self._clock(), batch_size))
+            count = await self._here().committer.submit(PurgeExpired(self._clock(), batch_size))
             purged += count
             if count < batch_size:
                 break
@@ -422,10 +533,18 @@ class CacheManager:
     # ------------------------------------------------------------------ stats
 
     async def get_stats(self) -> dict[str, Any]:
-        """Counters of this process plus the size of the shared disk tier."""
-        counts = self._counts
+        """Counters of this process plus the size of the shared disk tier (read now)."""
         store = await self._disk()
-        disk_entries, disk_bytes = await store.size() if store is not None else (0, 0)
+        if store is not None:
+            self._disk_figures = await store.size()
+        return self.stats_snapshot()
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        """`get_stats()` without awaiting anything, for a metrics scrape in another thread: the
+        same dict, with `disk_entries` and `disk_size` as the last `get_stats` read them."""
+        counts = dict(self._counts)
+        disk_entries, disk_bytes = self._disk_figures
+        disk_enabled = self.config.disk_cache_enabled
         gets, lookups = counts["gets"], counts["disk_lookups"]
         hits = counts["memory_hits"] + counts["disk_hits"]
         return {
@@ -434,7 +553,7 @@ class CacheManager:
             "memory_hits": counts["memory_hits"],
             "memory_misses": gets - counts["memory_hits"],
             "memory_hit_rate": _rate(counts["memory_hits"], gets),
-            "disk_enabled": store is not None,
+            "disk_enabled": disk_enabled,
             "disk_size": disk_bytes,
             "disk_entries": disk_entries,
             "disk_max_size": self.config.disk_max_size,
@@ -452,7 +571,7 @@ class CacheManager:
             "disk_evictions": counts["disk_evictions"],
             "expirations": self._memory.expirations + counts["disk_expirations"],
             "invalidation_strategy": self.config.invalidation_strategy.value,
-            "db_path": str(self.config.db_path) if store is not None else None,
+            "db_path": str(self.config.db_path) if disk_enabled else None,
         }
 
     # ------------------------------------------------------------------ argument checks
@@ -466,15 +585,64 @@ class CacheManager:
             raise ValueError(f"ttl must be >= 0 seconds (0 means no expiry), got {ttl!r}")
         return 0.0 if ttl == math.inf else float(ttl)
 
+    # ------------------------------------------------------------------ decorator
+
+    def cached(
+        self,
+        ttl: float | None = None,
+        *,
+        key: KeyMaker = None,
+        tags: Iterable[str] | None = None,
+        level: CacheLevel | str = CacheLevel.ALL,
+        stale_ttl: float = 0,
+    ) -> CachedDecorator:
+        """Cache what an `async def` function returns, through `get_or_set`::
+
+            @cache_manager.cached(ttl=60, key="market_data:{symbol}:{timeframe}", tags=["market_data", "{symbol}"])
+            async def fetch_market_data(symbol: str, timeframe: str = "1m") -> dict: ...
+
+        `key` and each tag are format strings filled with the call's arguments by parameter name
+        (defaults applied); `key` may also be a callable taking the same arguments, or None for
+        a key made from the function's module, qualified name and JSON-encoded arguments, the
+        same in every process. Concurrent calls with the same key share one call.
+        """
+        from ._decorator import cached
+
+        return cached(lambda: self, ttl, key=key, tags=tags, level=level, stale_ttl=stale_ttl)
+
+
+def _end_flight(flights: dict[str, _Flight], key: str, flight: _Flight) -> None:
+    if flights.get(key) is flight:
+        del flights[key]
+    if not flight.future.cancelled():
+        flight.future.exception()  # retrieved: the callers that are still waiting get it
+
+
+def _may_be_one_ops_fault(error: Exception) -> bool:
+    """A failed batch is retried op by op unless the store itself failed (lock, disk, closed)."""
+    return not isinstance(error, CacheError)
+
+
+def _shown(text: str) -> str:
+    """`text` as an error message shows it: quoted, and cut short if long."""
+    return repr(text) if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]!r}... ({len(text)} characters)"
+
+
+def _check_text(name: str, text: Any) -> None:
+    """A key, tag or pattern must be a `str` that encodes as UTF-8 (no lone surrogates)."""
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a str, not {type(text).__name__}")
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise ValueError(f"{name} {_shown(text)} is not valid Unicode text (lone surrogate)") from None
+
 
 def _check_key(key: Any) -> None:
     if not isinstance(key, str):
         raise TypeError(f"cache keys must be str, not {type(key).__name__}")
-    if not key.isascii():
-        try:
-            key.encode()
-        except UnicodeEncodeError:
-            raise ValueError(f"cache key {key!r} is not valid Unicode text (lone surrogate)") from None
+    _check_text("cache key", key)
 
 
 def _level(level: Any) -> CacheLevel:
@@ -489,10 +657,12 @@ def _tags(tags: Any) -> tuple[str, ...]:
         return ()
     if isinstance(tags, (str, bytes)):
         raise TypeError("tags must be a list of strings, not a single string")
-    tags = tuple(tags)
+    try:
+        tags = tuple(tags)
+    except TypeError:
+        raise TypeError(f"tags must be a list of strings, not {type(tags).__name__}") from None
     for tag in tags:
-        if not isinstance(tag, str):
-            raise TypeError(f"tags must be strings, got {type(tag).__name__}")
+        _check_text("tag", tag)
     return tuple(sorted(set(tags)))
 
 

@@ -26,6 +26,13 @@ class Entry(NamedTuple):
     value: Any
     expires_at: float  # epoch seconds; math.inf for never
     tags: tuple[str, ...]
+    seq: int = 0
+    """Log position of the write that made it (0: read from disk). A change another process
+    logged before that position is older than this entry and must not remove it."""
+
+
+ANY_AGE = math.inf
+"""`before` for a removal that takes every entry, however new."""
 
 
 class _ExpiringFirst(cachetools.Cache):
@@ -131,9 +138,12 @@ class MemoryTier:
         return entry
 
     def set(self, key: str, entry: Entry) -> None:
+        """Store `entry`, replacing the key's old one in place: LFU keeps the key's count."""
         if self._maxsize == 0:
             return
-        self.discard(key)
+        old = self._cache.get(key)
+        if old is not None:
+            self._untag(key, old)
         self._cache[key] = entry
         for tag in entry.tags:
             self._tags.setdefault(tag, set()).add(key)
@@ -145,26 +155,34 @@ class MemoryTier:
             self._untag(key, entry)
         return entry
 
-    def invalidate_keys(self, keys: Iterable[str], now: float) -> KeySet:
-        """Remove `keys`; return those that held a live entry."""
+    def invalidate_keys(self, keys: Iterable[str], now: float, before: float = ANY_AGE) -> KeySet:
+        """Remove those of `keys` whose entry was written before log position `before`;
+        return those that held a live entry."""
         live = set()
+        cache = self._cache
         for key in list(keys):
-            entry = self.discard(key)
-            if entry is not None and entry.expires_at > now:
-                live.add(key)
+            entry = cache.get(key)
+            if entry is not None and entry.seq < before:
+                self.discard(key)
+                if entry.expires_at > now:
+                    live.add(key)
         return live
 
-    def invalidate_tag(self, tag: str, now: float) -> KeySet:
-        return self.invalidate_keys(self._tags.get(tag, ()), now)
+    def invalidate_tag(self, tag: str, now: float, before: float = ANY_AGE) -> KeySet:
+        return self.invalidate_keys(self._tags.get(tag, ()), now, before)
 
-    def invalidate_pattern(self, pattern: re.Pattern[str], now: float) -> KeySet:
+    def invalidate_pattern(self, pattern: re.Pattern[str], now: float, before: float = ANY_AGE) -> KeySet:
         """Remove the keys `pattern` matches: a scan, with the literal prefix checked first."""
         prefix = literal_prefix(pattern.pattern)
-        return self.invalidate_keys([key for key in self._cache if key.startswith(prefix) and pattern.match(key)], now)
+        matching = [key for key in self._cache if key.startswith(prefix) and pattern.match(key)]
+        return self.invalidate_keys(matching, now, before)
 
-    def clear(self) -> None:
-        self._cache.clear()
-        self._tags.clear()
+    def clear(self, before: float = ANY_AGE) -> None:
+        if before == ANY_AGE:
+            self._cache.clear()
+            self._tags.clear()
+        else:
+            self.invalidate_keys(list(self._cache), math.inf, before)
 
     def _evicted(self, key: str, entry: Entry, expired: bool) -> None:
         self._untag(key, entry)

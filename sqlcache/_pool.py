@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Itera
 import httpx
 import orjson
 
+from ._config import CacheLevel
+from ._decorator import CachedDecorator, KeyMaker, cached
 from ._manager import CacheManager
 from ._ratelimit import RateLimit, TokenBucket
 
@@ -315,6 +317,15 @@ class ResourcePool:
         None). Concurrent callers missing the same key share one loader call."""
         return await self.cache_manager.get_or_set(key, loader, self._ttl(ttl), tags=tags)
 
+    def cached(self, ttl: float | None = None, *, key: KeyMaker = None, tags: Iterable[str] | None = None,
+               level: CacheLevel | str = CacheLevel.ALL, stale_ttl: float = 0) -> CachedDecorator:
+        """`CacheManager.cached` on the pool's `cache_manager` (the one it holds at each call);
+        `ttl=None` means the pool's `cache_ttl`, as for the other `cache_*` calls."""
+        return cached(
+            lambda: self.cache_manager, ttl, key=key, tags=tags, level=level, stale_ttl=stale_ttl,
+            default_ttl=lambda: self.cache_ttl,
+        )
+
     def _ttl(self, ttl: float | None) -> float:
         return self.cache_ttl if ttl is None else ttl
 
@@ -424,14 +435,21 @@ class ResourcePool:
         retries, errors (calls ending in an error status or a transport failure),
         transport_failures, rate_limit_waits, rate_limit_wait_seconds, and latency_avg /
         latency_max in seconds per attempt."""
-        cache = await self.cache_manager.get_stats()
+        return self._stats(await self.cache_manager.get_stats())
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        """`get_stats()` without awaiting anything (for a metrics scrape in another thread), with
+        the disk tier's size as the manager's last `get_stats` read it."""
+        return self._stats(self.cache_manager.stats_snapshot())
+
+    def _stats(self, cache: dict[str, Any]) -> dict[str, Any]:
         gets = cache["gets"]
         return {
             "advanced_cache": cache,
             "combined_cache_hit_rate": (cache["memory_hits"] + cache["disk_hits"]) / gets if gets else 0.0,
             "http_pool_size": self.http_pool_size,
             "cache_ttl": self.cache_ttl,
-            "http": {name: stats.as_dict() for name, stats in self._http_stats.items()},
+            "http": {name: stats.as_dict() for name, stats in list(self._http_stats.items())},
         }
 
     # ------------------------------------------------------------------ preloader

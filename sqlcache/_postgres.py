@@ -54,37 +54,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import logging
 import re
-import time
 from importlib import resources
 from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
 
-import orjson
-
+from . import _plan
 from ._config import Durability, InvalidationStrategy
 from ._exceptions import CacheBusyError, CacheError, DatabaseUnavailableError, SchemaVersionError, StorageError
-from ._store import (
-    Change,
-    Changes,
-    FlushReads,
-    PurgeExpired,
-    Put,
-    ReadCounts,
-    Remove,
-    RemoveAll,
-    Removed,
-    RemovePattern,
-    RemoveTag,
-    StoredRow,
-    TrimLog,
-    WriteOp,
-    WriteResult,
-    prefix_successor,
-)
+from ._store import Changes, ReadCounts, StoredRow, WriteOp, WriteResult
 from ._postgres_preload import PostgresDatabase
-from ._sqlite import _log_rows as log_rows  # the same log rows as SQLite's, one definition
 from ._urls import describe_server, passwords, redact
 
 try:
@@ -98,7 +77,6 @@ T = TypeVar("T")
 CHANNEL = "sqlcache_invalidations"
 WRITE_LOCK = 0x73716C6361636865  # 'sqlcache': serialises write transactions on one database
 MIGRATION_LOCK = 0x73716C6D69677261  # 'sqlmigra': serialises applying the schema
-_TRIM_BATCH = 10_000  # most log rows one TrimLog deletes
 
 # What a committed set survives, as on SQLite. NORMAL: a crash or kill -9 of any client, but a
 # crash of the server or of its machine may lose the last ~0.6 s of commits (3 x wal_writer_delay;
@@ -147,93 +125,71 @@ BEGIN_WRITE = f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK:d})"
 COMMIT = "COMMIT"
 ROLLBACK = "ROLLBACK"
 
-# Insert entries or replace those under their keys (keys unique within the call); the triggers
-# keep tags, access rows and counters in step, and keep the read statistics of a replaced entry.
-UPSERT_ENTRIES = """
-INSERT INTO entries AS e (key, value, codec, size, tags, created_at, expires_at)
-SELECT * FROM unnest($1::text[], $2::bytea[], $3::smallint[], $4::integer[], $5::text[],
-                     $6::double precision[], $7::double precision[])
-ON CONFLICT (key) DO UPDATE SET
-    value = excluded.value, codec = excluded.codec, size = excluded.size, tags = excluded.tags,
-    created_at = excluded.created_at, expires_at = excluded.expires_at
-"""
-
-# Add the batched reads made in memory or on disk to the entries' statistics, by the key index
-# and the access primary key.
-RECORD_READS = """
-UPDATE access AS a
-SET access_count = a.access_count + r.count, accessed_at = greatest(a.accessed_at, r.last)
-FROM entries AS e, unnest($1::text[], $2::bigint[], $3::double precision[]) AS r (key, count, last)
-WHERE e.key = r.key AND a.entry_id = e.id
-"""
-
-# Delete the given keys, by the key index.
-DELETE_KEYS = "DELETE FROM entries WHERE key = ANY($1::text[]) RETURNING key, expires_at"
-
-# Delete every entry carrying a tag, by the tags primary key (tag, entry_id).
-DELETE_TAG = """
-DELETE FROM entries WHERE id IN (SELECT entry_id FROM tags WHERE tag = $1)
-RETURNING key, expires_at
-"""
-
-# The keys in the range of a pattern's literal prefix, by the key index ("C" collation); the
-# regex is then applied in Python. With no upper bound ($2 NULL) the range is open-ended.
-KEYS_IN_RANGE = "SELECT id, key FROM entries WHERE key >= $1 AND ($2::text IS NULL OR key < $2)"
-
-# A pattern with no literal prefix has no range to narrow by: every key.
-ALL_KEYS = "SELECT id, key FROM entries"
-
-# Delete entries by id (pattern matches, eviction victims), by the primary key.
-DELETE_IDS = "DELETE FROM entries WHERE id = ANY($1::bigint[]) RETURNING key, expires_at, size"
-
-DELETE_ALL = "DELETE FROM entries RETURNING key, expires_at"
-
-# Delete up to N expired entries, soonest expired first, by the partial expiry index.
-DELETE_EXPIRED = """
-DELETE FROM entries WHERE id IN (
-    SELECT id FROM entries WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2
-)
-RETURNING size
-"""
-
-# Eviction candidates in the order each strategy gives them up, by the index serving it.
-VICTIMS = {
-    InvalidationStrategy.LRU: """
+# The write plan's statements (`sqlcache._plan`: names, parameters and results), in PostgreSQL.
+STATEMENTS = {
+    # Add a batch of reads made in memory or on disk to an entry's statistics, by the key index.
+    "record_reads": """
+        UPDATE access SET access_count = access_count + $1, accessed_at = greatest(accessed_at, $2)
+        WHERE entry_id = (SELECT id FROM entries WHERE key = $3)""",
+    # Insert an entry or replace the one under its key; the triggers keep the counters and access
+    # rows in step, keep a replaced entry's read statistics and drop its tag rows if they changed.
+    "upsert_entry": """
+        INSERT INTO entries (key, value, codec, size, tags, created_at, expires_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        ON CONFLICT (key) DO UPDATE SET
+            value = excluded.value, codec = excluded.codec, size = excluded.size, tags = excluded.tags,
+            created_at = excluded.created_at, expires_at = excluded.expires_at
+        RETURNING id""",
+    # Index one tag of an entry (already indexed when a set keeps the same tags).
+    "insert_tag": "INSERT INTO tags (tag, entry_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    # Delete one key, by the key index.
+    "delete_key": "DELETE FROM entries WHERE key = $1 RETURNING key, expires_at",
+    # Delete every entry carrying a tag, by the tags primary key (tag, entry_id).
+    "delete_tag": """
+        DELETE FROM entries WHERE id IN (SELECT entry_id FROM tags WHERE tag = $1)
+        RETURNING key, expires_at""",
+    "delete_all": "DELETE FROM entries RETURNING key, expires_at",
+    # Delete up to N expired entries, soonest expired first, by the partial expiry index.
+    "delete_expired": """
+        DELETE FROM entries WHERE id IN (
+            SELECT id FROM entries WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2)
+        RETURNING size""",
+    "read_size": READ_SIZE,
+    # Eviction candidates in the order each strategy gives them up, by the index serving it.
+    "victims_lru": """
         SELECT e.id, e.key, e.size FROM access AS a JOIN entries AS e ON e.id = a.entry_id
         ORDER BY a.accessed_at LIMIT $1""",
-    InvalidationStrategy.LFU: """
+    "victims_lfu": """
         SELECT e.id, e.key, e.size FROM access AS a JOIN entries AS e ON e.id = a.entry_id
         ORDER BY a.access_count, a.accessed_at LIMIT $1""",
-    InvalidationStrategy.FIFO: "SELECT id, key, size FROM entries ORDER BY created_at LIMIT $1",
-    InvalidationStrategy.TTL: """
+    "victims_fifo": "SELECT id, key, size FROM entries ORDER BY created_at LIMIT $1",
+    "victims_ttl": """
         SELECT id, key, size FROM entries WHERE expires_at IS NOT NULL
         ORDER BY expires_at LIMIT $1""",
+    "delete_id": "DELETE FROM entries WHERE id = $1",
+    # Append to the log other hosts read to drop stale memory copies: max+1 under the write lock,
+    # so positions are gapless in commit order (the trim keeps the newest rows).
+    "log_changes": """
+        INSERT INTO invalidations (seq, origin, kind, arg, logged_at)
+        SELECT coalesce(max(seq), 0) + 1, $1, $2, $3, $4 FROM invalidations""",
+    "read_log_since": READ_CHANGES,
+    "last_seq": READ_LAST_SEQ,
+    # Forget the oldest log rows, by the primary key (a prefix of the sequence, so no holes).
+    "trim_log": "DELETE FROM invalidations WHERE seq <= $1",
 }
 
-# Append to the log other hosts read to drop stale memory copies (positions max+1.., gapless
-# under the write lock), wake their sessions at commit with `origin first last`, and return the
-# bytes now stored (this transaction's sets included), for eviction, in the same round trip.
-LOG_CHANGES = """
-WITH logged AS (
-    INSERT INTO invalidations (seq, origin, kind, arg, logged_at)
-    SELECT last.seq + r.n, $1, r.kind, r.arg, $4
-    FROM (SELECT coalesce(max(seq), 0) AS seq FROM invalidations) AS last,
-         unnest($2::text[], $3::text[]) WITH ORDINALITY AS r (kind, arg, n)
-    RETURNING seq
-)
-SELECT pg_notify($5, $1 || ' ' || min(seq) || ' ' || max(seq)),
-       (SELECT coalesce(sum(bytes), 0)::bigint FROM counters)
-FROM logged
-"""
+# The plan's pattern deletions, in two steps, since PostgreSQL's `~` is not Python's `re`: the
+# keys in the range of the literal prefix (by the key index, "C" collation) or every key, then,
+# of those `re.match` accepts, a delete by the primary key.
+KEYS_IN_RANGE = "SELECT id, key FROM entries WHERE key >= $1 AND key < $2"
+ALL_KEYS = "SELECT id, key FROM entries"
+DELETE_IDS = "DELETE FROM entries WHERE id = ANY($1::bigint[]) RETURNING key, expires_at"
 
-# Forget up to N log rows older than a time, oldest first by the primary key, always keeping
-# the newest row (so a position is never reused).
-TRIM_LOG = """
-DELETE FROM invalidations WHERE seq IN (
-    SELECT seq FROM invalidations
-    WHERE logged_at < $1 AND seq < (SELECT max(seq) FROM invalidations)
-    ORDER BY seq LIMIT $2
-)
+# The plan's closing `last_seq` in a batch that logged changes, with the wake-up of every session
+# LISTENing on this database, delivered at commit: `origin first last` of this batch's rows.
+LAST_SEQ_AND_NOTIFY = """
+WITH last AS (SELECT coalesce(max(seq), 0)::bigint AS seq FROM invalidations)
+SELECT seq, pg_notify($1, $2 || ' ' || (seq - $3 + 1) || ' ' || seq) FROM last
 """
 
 
@@ -292,7 +248,9 @@ class PostgresStore:
         self._pool_size = pool_size
         self._pool: Any = None
         self._session: Any = None
-        self._session_lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._session_lock: asyncio.Lock = None  # type: ignore[assignment]  # made per loop by _bind_to_loop
+        self._pool_lock: asyncio.Lock = None  # type: ignore[assignment]
         self._reconnecting: asyncio.Task[None] | None = None
         self._closed = True
         self._last_seq = 0
@@ -319,11 +277,9 @@ class PostgresStore:
 
     async def open(self) -> None:
         """Connect, apply the schema (once, under the migration lock), start listening."""
+        self._bind_to_loop()
         try:
-            self._pool = await asyncpg.create_pool(
-                self.url, min_size=1, max_size=self._pool_size, reset=_reset, **self._connect_options()
-            )
-            async with self._pool.acquire() as connection:
+            async with (await self._opened_pool()).acquire() as connection:
                 await self._migrate(connection)
             await self._open_session()
             self._last_seq = await self._session.fetchval(READ_LAST_SEQ)
@@ -333,6 +289,36 @@ class PostgresStore:
                 raise self._translate(error, "open") from None
             raise
         self._closed = False
+
+    def _bind_to_loop(self) -> None:
+        """Make this store's connections belong to the running loop. asyncpg connections are
+        bound to the loop that made them; a manager used from a new loop (a second
+        `asyncio.run`) keeps its store, so the store leaves the old loop's connections behind
+        (they cannot be closed from here) and reconnects, reporting the log incomplete."""
+        loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            return
+        if self._loop is not None:
+            for connection in (self._session, self._pool):
+                try:
+                    if connection is not None:
+                        connection.terminate()
+                except Exception:  # its loop is closed: the sockets close with it
+                    pass
+            self._resync = True
+        self._loop = loop
+        self._session = self._pool = self._reconnecting = None
+        self._session_lock = asyncio.Lock()
+        self._pool_lock = asyncio.Lock()
+
+    async def _opened_pool(self) -> Any:
+        if self._pool is None:
+            async with self._pool_lock:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        self.url, min_size=1, max_size=self._pool_size, reset=_reset, **self._connect_options()
+                    )
+        return self._pool
 
     async def _migrate(self, connection: Any) -> None:
         async with connection.transaction():
@@ -407,6 +393,7 @@ class PostgresStore:
         """Run `work(session)`, reconnecting the session first if it was lost."""
         if self._closed:
             raise CacheError("the cache database is closed")
+        self._bind_to_loop()
         async with self._session_lock:
             try:
                 if self._session is None:
@@ -425,10 +412,7 @@ class PostgresStore:
             rows = await self._on_session(lambda session: session.fetch(READ_ONE, keys[0]), "read from")
         else:
             rows = await self._on_session(lambda session: session.fetch(READ_MANY, list(keys)), "read from")
-        return {
-            key: StoredRow(data, codec, expires_at, () if tags == "[]" else tuple(orjson.loads(tags)))
-            for key, data, codec, expires_at, tags in rows
-        }
+        return {key: StoredRow(data, codec, expires_at, _plan.decode_tags(tags)) for key, data, codec, expires_at, tags in rows}
 
     async def size(self) -> tuple[int, int]:
         entries, size = await self._on_session(lambda session: session.fetchrow(READ_SIZE), "read from")
@@ -441,6 +425,7 @@ class PostgresStore:
         incomplete, since notifications were lost meanwhile."""
         if self._closed:
             raise CacheError("the cache database is closed")
+        self._bind_to_loop()
         if self._session is None:
             if self._reconnecting is None:
                 self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
@@ -459,10 +444,14 @@ class PostgresStore:
         except BaseException:
             self._notified, self._resync = True, self._resync or resync
             raise
-        complete = not resync and (not rows or rows[0][0] == start + 1)
+        changes = _plan.changes_from_log(rows, start, self._origin)
         if rows:
             self._last_seq = max(self._last_seq, rows[-1][0])
-        return Changes([Change(kind, arg or "") for _, origin, kind, arg in rows if origin != self._origin], complete)
+        return Changes(changes.changes, changes.complete and not resync)
+
+    async def log_position(self) -> int:
+        """The newest log position: a change committed after this call is logged after it."""
+        return await self._on_session(lambda session: session.fetchval(READ_LAST_SEQ), "read the log of")
 
     async def _reconnect(self) -> None:
         """One attempt; the first failure of an outage is logged as a warning, later ones at
@@ -484,10 +473,11 @@ class PostgresStore:
 
     async def run(self, work: Callable[[Any], Awaitable[T]], what: str) -> T:
         """`work(connection)` on a pool connection; errors become `CacheError`s naming the server."""
-        if self._closed or self._pool is None:
+        if self._closed:
             raise CacheError("the cache database is closed")
+        self._bind_to_loop()
         try:
-            async with self._pool.acquire() as connection:
+            async with (await self._opened_pool()).acquire() as connection:
                 return await work(connection)
         except Exception as error:
             if isinstance(error, CacheError):
@@ -499,15 +489,17 @@ class PostgresStore:
         return PostgresDatabase(self)
 
     async def write(self, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float) -> WriteResult:
-        """Apply `ops` (and the pending read statistics) in one transaction, then evict if over."""
+        """Apply `ops` (and the pending read statistics) in one transaction: the shared write
+        plan (`sqlcache._plan.write_batch`) run on a pool connection."""
         return await self.run(lambda connection: self._write_batch(connection, ops, reads, now), "write to")
 
     async def _write_batch(
         self, connection: Any, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float
     ) -> WriteResult:
+        plan = _plan.write_batch(ops, reads, now=now, origin=self._origin, max_bytes=self.max_bytes, strategy=self._strategy)
         await connection.execute(BEGIN_WRITE)
         try:
-            result = await self._write_ops(connection, ops, reads, now)
+            result = await self._run_plan(connection, plan)
             await connection.execute(COMMIT)
         except BaseException:
             if connection.is_in_transaction():
@@ -518,122 +510,37 @@ class PostgresStore:
             raise
         return result
 
-    async def _write_ops(self, db: Any, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float) -> WriteResult:
-        if reads:
-            await self._record_reads(db, reads)
-        results: list[Any] = []
-        log: list[tuple[str, str]] = []
-        for op_type, group in itertools.groupby(ops, key=type):
-            members = list(group)
-            if op_type is Put:
-                await self._put(db, members)
-                results.extend(None for _ in members)
-                log.extend(("key", put.key) for put in members)
-            else:
-                for op in members:
-                    results.append(await self._APPLY[op_type](self, db, op))
-                    log.extend((kind, arg) for _, kind, arg, _ in log_rows(op, self._origin, 0.0))
-        stored = None
-        if log:
-            _, stored = await db.fetchrow(
-                LOG_CHANGES, self._origin, [kind for kind, _ in log], [arg for _, arg in log], time.time(), CHANNEL
-            )
-        written = {op.key for op in ops if isinstance(op, Put)}  # every set is logged: `stored` is known
-        expired, evicted = await self._evict_if_over(db, now, written, stored) if written else (0, 0)
-        return WriteResult(results, evicted=evicted, expired=expired)
+    async def _run_plan(self, db: Any, plan: _plan.Plan[T]) -> T:
+        """The plan's driver (`_plan.run` with `await`); counts the log rows for the wake-up."""
+        logged = 0
+        try:
+            query = next(plan)
+            while True:
+                if query.name == "log_changes":
+                    logged += len(query.params)
+                query = plan.send(await self._execute(db, query, logged))
+        except StopIteration as done:
+            return done.value
 
-    async def _record_reads(self, db: Any, reads: Mapping[str, ReadCounts]) -> None:
-        """`RECORD_READS` for every key read since the last batch."""
-        keys = list(reads)
-        await db.execute(RECORD_READS, keys, [int(reads[key][0]) for key in keys], [float(reads[key][1]) for key in keys])
+    async def _execute(self, db: Any, query: _plan.Query, logged: int) -> list[Any]:
+        if query.name in ("delete_pattern_in_range", "delete_pattern_anywhere"):
+            return await self._delete_pattern(db, *query.params)
+        if query.name == "last_seq" and logged:
+            [(seq, _)] = await db.fetch(LAST_SEQ_AND_NOTIFY, CHANNEL, self._origin, logged)
+            return [(seq,)]
+        sql = STATEMENTS[query.name]
+        if query.many:
+            await db.executemany(sql, query.params)
+            return []
+        return await db.fetch(sql, *query.params)
 
-    async def _put(self, db: Any, puts: list[Put]) -> None:
-        """`UPSERT_ENTRIES` for a run of sets; of several sets of one key the last wins (one
-        statement may not update a row twice)."""
-        latest = sorted({put.key: put for put in puts}.values(), key=lambda put: put.key)
-        await db.execute(
-            UPSERT_ENTRIES,
-            [put.key for put in latest],
-            [put.data for put in latest],
-            [put.codec for put in latest],
-            [len(put.key.encode()) + len(put.data) for put in latest],
-            [orjson.dumps(put.tags).decode() if put.tags else "[]" for put in latest],
-            [put.created_at for put in latest],
-            [put.expires_at for put in latest],
-        )
-
-    async def _remove(self, db: Any, op: Remove) -> list[Removed]:
-        """`DELETE_KEYS`."""
-        return _removed(await db.fetch(DELETE_KEYS, list(op.keys)))
-
-    async def _remove_tag(self, db: Any, op: RemoveTag) -> list[Removed]:
-        """`DELETE_TAG`."""
-        return _removed(await db.fetch(DELETE_TAG, op.tag))
-
-    async def _remove_pattern(self, db: Any, op: RemovePattern) -> list[Removed]:
+    async def _delete_pattern(self, db: Any, *params: str) -> list[Any]:
         """`KEYS_IN_RANGE` of the literal prefix (or `ALL_KEYS`), `re.match` here, `DELETE_IDS`."""
-        if op.prefix:
-            candidates = await db.fetch(KEYS_IN_RANGE, op.prefix, prefix_successor(op.prefix))
-        else:
-            candidates = await db.fetch(ALL_KEYS)
-        match = _compiled(op.pattern).match
+        *bounds, pattern = params
+        candidates = await db.fetch(KEYS_IN_RANGE, *bounds) if bounds else await db.fetch(ALL_KEYS)
+        match = _compiled(pattern).match
         ids = [entry_id for entry_id, key in candidates if match(key)]
-        return _removed(await db.fetch(DELETE_IDS, ids)) if ids else []
-
-    async def _remove_all(self, db: Any, op: RemoveAll) -> list[Removed]:
-        """`DELETE_ALL`."""
-        return _removed(await db.fetch(DELETE_ALL))
-
-    async def _purge_expired(self, db: Any, op: PurgeExpired) -> int:
-        """`DELETE_EXPIRED`: at most `op.limit` rows."""
-        return len(await db.fetch(DELETE_EXPIRED, op.now, op.limit))
-
-    async def _flush_reads(self, db: Any, op: FlushReads) -> None:
-        """Nothing: the reads ride along with every batch."""
-
-    async def _trim_log(self, db: Any, op: TrimLog) -> None:
-        """`TRIM_LOG`: at most `_TRIM_BATCH` rows."""
-        await db.execute(TRIM_LOG, op.before, _TRIM_BATCH)
-
-    _APPLY: dict[type, Callable[..., Awaitable[Any]]] = {
-        Remove: _remove,
-        RemoveTag: _remove_tag,
-        RemovePattern: _remove_pattern,
-        RemoveAll: _remove_all,
-        PurgeExpired: _purge_expired,
-        FlushReads: _flush_reads,
-        TrimLog: _trim_log,
-    }
-
-    async def _evict_if_over(self, db: Any, now: float, written: set[str], stored: int) -> tuple[int, int]:
-        """Bring the `stored` bytes back under `max_bytes`: expired entries first, then the
-        strategy's victims, never an entry written in this batch, no more than needed.
-        Returns (expired, evicted) counts."""
-        excess = stored - self.max_bytes
-        expired = evicted = 0
-        while excess > 0:
-            freed = [size for (size,) in await db.fetch(DELETE_EXPIRED, now, 64)]
-            if not freed:
-                break
-            expired += len(freed)
-            excess -= sum(freed)
-        queries = [VICTIMS[self._strategy]]
-        if self._strategy is InvalidationStrategy.TTL:
-            queries.append(VICTIMS[InvalidationStrategy.FIFO])  # entries that never expire come last
-        for victims_sql in queries:
-            while excess > 0:
-                chosen = []
-                for entry_id, key, size in await db.fetch(victims_sql, len(written) + 32):
-                    if key not in written:
-                        chosen.append(entry_id)
-                        excess -= size
-                        if excess <= 0:
-                            break
-                if not chosen:
-                    break
-                await db.execute(DELETE_IDS, chosen)
-                evicted += len(chosen)
-        return expired, evicted
+        return await db.fetch(DELETE_IDS, ids) if ids else []
 
     # ------------------------------------------------------------ errors
 
@@ -673,7 +580,3 @@ def _scrub(message: str, url: str) -> str:
     for password in passwords(url):
         message = message.replace(password, "***")
     return message
-
-
-def _removed(rows: Sequence[Any]) -> list[Removed]:
-    return [Removed(row[0], row[1]) for row in rows]

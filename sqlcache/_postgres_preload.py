@@ -4,10 +4,10 @@
 `fetch(sql, params) -> list[tuple]` and `close()`, written for SQLite (`?` and `:name`
 placeholders). `PostgresDatabase` is that object over the store's connection pool: it turns both
 placeholder styles into asyncpg's `$n` (once per statement), each statement one atomic
-autocommit statement, as on SQLite. Most of the preloader's statements are valid PostgreSQL as
-they are; the ones below are those that are not (SQLite adds booleans to integers and has
-`json_each`; PostgreSQL must know each parameter's type), under the same names, so that
-`TaskTable` can take its statements from this module when its database is PostgreSQL.
+autocommit statement, as on SQLite. This module holds every statement of the preloader under its
+name in `_preloader`, in PostgreSQL (three are valid as they are and imported from there; the
+others differ in the clock, `json_each` and parameter types), so that `TaskTable` can take its
+statements from this module when its database is PostgreSQL.
 """
 
 from __future__ import annotations
@@ -17,8 +17,38 @@ import itertools
 import re
 from typing import Any, Mapping, Sequence
 
-# Add a finished run to the statistics, and, if this process still holds the lease (it lapses
-# only when a run outlived its timeout and margin), set the next run and release the lease.
+from ._preloader import REGISTER_TASK, RELEASE_LEASE, SET_ENABLED  # valid PostgreSQL as they are
+
+__all__ = ["CLAIM_TASK", "FINISH_RUN", "READ_SCHEDULE", "READ_TASKS", "REGISTER_TASK", "RELEASE_LEASE",
+           "RENEW_LEASE", "SET_ENABLED", "PostgresDatabase"]
+
+# The server's clock in epoch seconds, read when it is evaluated (so after any wait for a row
+# lock, the row being re-checked then): every lease time is on this clock.
+DB_NOW = "extract(epoch FROM clock_timestamp())::double precision"
+
+# Take the lease of a task that is due on the schedule's clock (or of any task when forced),
+# unless a live lease is held: one atomic statement (the row lock decides), so of several hosts
+# waking together exactly one gets the row. The lease runs for :lease seconds from the server's now.
+CLAIM_TASK = f"""
+UPDATE preload_task_state SET lease_owner = :owner, lease_until = {DB_NOW} + :lease::double precision
+WHERE name = :name
+  AND (lease_until IS NULL OR lease_until <= {DB_NOW})
+  AND (:force::boolean OR (enabled AND coalesce(next_run, 0) <= :now))
+RETURNING consecutive_errors, lease_until
+"""
+
+# Extend a running task's lease to :lease seconds from the server's now, if this process still owns it.
+RENEW_LEASE = f"""
+UPDATE preload_task_state SET lease_until = {DB_NOW} + :lease::double precision
+WHERE name = :name AND lease_owner = :owner
+RETURNING lease_until
+"""
+
+# The schedule, and the seconds until the current lease may lapse (NULL: no lease).
+READ_SCHEDULE = f"SELECT enabled, next_run, lease_until - {DB_NOW} FROM preload_task_state WHERE name = ?"
+
+# Add a finished run to the statistics, and, if this process still holds the lease, set the next
+# run and release the lease. (`:error::text`: PostgreSQL must know the type of a NULL parameter.)
 FINISH_RUN = """
 UPDATE preload_task_state SET
     run_count = run_count + 1,
@@ -35,21 +65,12 @@ UPDATE preload_task_state SET
 WHERE name = :name
 """
 
-# Take the lease of a task that is due (or of any task when forced), unless a live lease is held:
-# one atomic statement (the row lock decides), so of several hosts waking together one gets it.
-CLAIM_TASK = """
-UPDATE preload_task_state SET lease_owner = :owner, lease_until = :lease_until
-WHERE name = :name
-  AND (lease_until IS NULL OR lease_until <= :now)
-  AND (:force::boolean OR (enabled AND coalesce(next_run, 0) <= :now))
-RETURNING consecutive_errors
-"""
-
-# The statistics of the tasks registered in this process (a JSON array of names), by the primary key.
-READ_TASKS = """
+# The statistics of the tasks registered in this process (a JSON array of names), by the primary
+# key; the last column is whether a live lease is held, on the server's clock.
+READ_TASKS = f"""
 SELECT name, enabled, interval, timeout, cache_key, cache_ttl, tags, run_count, error_count,
        consecutive_errors, last_run, last_success, last_error, last_error_at, last_duration,
-       next_run, lease_owner, lease_until
+       next_run, lease_owner, lease_until, coalesce(lease_until > {DB_NOW}, false)
 FROM preload_task_state WHERE name IN (SELECT jsonb_array_elements_text(?::jsonb))
 """
 

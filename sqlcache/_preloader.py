@@ -7,6 +7,20 @@ and a lease live in the `preload_task_state` table of the cache's SQLite file (v
 after claiming its lease in one `UPDATE`, so each interval runs it once in all, and every
 process's runs add up in the task's one row. With the disk tier disabled the same table lives in
 an in-memory SQLite database: statistics then last as long as the preloader object.
+
+Two clocks, on purpose. The schedule (`next_run`, `last_run`, ...) follows the manager's clock,
+so a test that moves a fake clock moves the schedule. The lease does not: `lease_until` is on
+the database's clock, SQLite's `'now'`, which is the host's wall clock read while the statement
+runs, after it got the write lock. Every process on the host reads the same clock, a clock that
+does not move cannot keep a dead process's lease alive, and a claim or renewal that waited long
+for the lock still gets its full lease length from the moment it took the row.
+
+A run keeps its lease for as long as it runs, however long that is: its process renews it
+every `1/RENEWALS_PER_LEASE` of the lease length with an `UPDATE` that succeeds only while this
+process still owns the row. A claim by another process succeeds only once a lease has lapsed,
+that is after a lease length without renewal: its owner died, or could not reach the database
+for two renewal periods. A run that finds its lease lost (a renewal found another owner, or none
+succeeded in time) stops its loader if it can, and never stores its result.
 """
 
 from __future__ import annotations
@@ -17,8 +31,10 @@ import logging
 import math
 import os
 import random
+import contextvars
 import socket
 import sqlite3
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -33,14 +49,28 @@ from ._sqlite import connect
 
 logger = logging.getLogger("sqlcache")
 
-LEASE_MARGIN = 5.0
-"""Seconds a lease outlives its run's timeout: how late a task runs after its process died."""
+LEASE_BUSY_TIMEOUTS = 6
+"""Default lease length, in busy timeouts (30 s with the default 5 s). Renewed every third of
+it (10 s), a lease is given up only if no renewal got through for over 3 busy timeouts on end,
+long after every write of the cache has failed with `CacheBusyError`. It is also the longest a
+task waits after a process died in the middle of a run (a stopped process gives its leases back)."""
+RENEWALS_PER_LEASE = 3
+"""Renewals due per lease length: a renewal may fail, or wait out a busy timeout, twice in a row
+and the lease still holds."""
+LEASE_GIVE_UP = 0.1
+"""Fraction of the lease length before it lapses at which a run that could not renew it gives it
+up and cancels its loader: time for the loader to stop before another process may claim."""
 MAX_JITTER = 5.0
 """Most seconds of jitter, however long the interval: enough to spread processes and tasks."""
 MAX_BACKOFF_EXPONENT = 30  # 2**30 intervals is past any max_backoff; keeps the float finite
 ERROR_TEXT_LIMIT = 500  # characters of an error message kept in last_error
 
 # ---------------------------------------------------------------- statements
+
+# The database's clock in epoch seconds (the Julian day of 1970-01-01T00:00Z is 2440587.5,
+# 86400 seconds a day): the host's wall clock, read while the statement runs, so after any wait
+# for the lock. SQLite reads it once per statement. Every lease time is on this clock.
+DB_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
 # Create a task's row, or update the definition of an existing one; its statistics, schedule and
 # lease are kept, so a restarted process neither forgets them nor runs the task early.
@@ -52,21 +82,37 @@ ON CONFLICT (name) DO UPDATE SET
     cache_key = excluded.cache_key, cache_ttl = excluded.cache_ttl, tags = excluded.tags
 """
 
-# Take the lease of a task that is due (or of any task when forced), unless a live lease is held:
-# one atomic statement, so of several processes waking together exactly one gets the row.
-CLAIM_TASK = """
-UPDATE preload_task_state SET lease_owner = :owner, lease_until = :lease_until
+# Take the lease of a task that is due on the schedule's clock (or of any task when forced),
+# unless a live lease is held: one atomic statement, so of several processes waking together
+# exactly one gets the row. The lease runs for :lease seconds from the database's now.
+CLAIM_TASK = f"""
+UPDATE preload_task_state SET lease_owner = :owner, lease_until = {DB_NOW} + :lease
 WHERE name = :name
-  AND (lease_until IS NULL OR lease_until <= :now)
+  AND (lease_until IS NULL OR lease_until <= {DB_NOW})
   AND (:force OR (enabled AND coalesce(next_run, 0) <= :now))
-RETURNING consecutive_errors
+RETURNING consecutive_errors, lease_until
 """
 
-# What a process that did not get the lease needs to decide how long to wait.
-READ_SCHEDULE = "SELECT enabled, next_run, lease_until FROM preload_task_state WHERE name = ?"
+# Extend a running task's lease to :lease seconds from the database's now, only if this process
+# still owns it (a lapsed lease nobody claimed is still ours: nobody else ran the task).
+RENEW_LEASE = f"""
+UPDATE preload_task_state SET lease_until = {DB_NOW} + :lease
+WHERE name = :name AND lease_owner = :owner
+RETURNING lease_until
+"""
 
-# Add a finished run to the statistics, and, if this process still holds the lease (it lapses
-# only when a run outlived its timeout and margin), set the next run and release the lease.
+# Give back the lease of a run that was cancelled, so the task is due again at once.
+RELEASE_LEASE = """
+UPDATE preload_task_state SET lease_owner = NULL, lease_until = NULL
+WHERE name = :name AND lease_owner = :owner
+"""
+
+# What a process that did not get the lease needs to decide how long to wait: the schedule,
+# and the seconds until the current lease may lapse (NULL: no lease).
+READ_SCHEDULE = f"SELECT enabled, next_run, lease_until - {DB_NOW} FROM preload_task_state WHERE name = ?"
+
+# Add a finished run to the statistics, and, if this process still holds the lease (it is lost
+# only when this process could not renew it), set the next run and release the lease.
 FINISH_RUN = """
 UPDATE preload_task_state SET
     run_count = run_count + 1,
@@ -83,23 +129,23 @@ UPDATE preload_task_state SET
 WHERE name = :name
 """
 
+# Enable or disable a task for every process.
 SET_ENABLED = "UPDATE preload_task_state SET enabled = ? WHERE name = ?"
 
-# On stop: give back the leases of runs that were cancelled, so the tasks are due again at once.
-RELEASE_LEASES = "UPDATE preload_task_state SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?"
-
-# The statistics of the tasks registered in this process, by the primary key.
-READ_TASKS = """
+# The statistics of the tasks registered in this process, by the primary key; `running` is
+# whether a live lease is held, on the database's clock.
+READ_TASKS = f"""
 SELECT name, enabled, interval, timeout, cache_key, cache_ttl, tags, run_count, error_count,
        consecutive_errors, last_run, last_success, last_error, last_error_at, last_duration,
-       next_run, lease_owner, lease_until
+       next_run, lease_owner, lease_until, coalesce(lease_until > {DB_NOW}, 0)
 FROM preload_task_state WHERE name IN (SELECT value FROM json_each(?))
 """
 _STAT_COLUMNS = (
     "enabled", "interval", "timeout", "cache_key", "cache_ttl", "tags", "run_count", "error_count",
     "consecutive_errors", "last_run", "last_success", "last_error", "last_error_at", "last_duration",
-    "next_run", "lease_owner", "lease_until",
+    "next_run", "lease_owner", "lease_until", "running",
 )
+LEASE_LOST = "lease lost (not renewed in time, or taken by another process): the result was not stored"
 
 
 class PreloadError(RuntimeError):
@@ -143,7 +189,12 @@ class Schedule(NamedTuple):
 
     enabled: bool
     next_run: float | None
-    lease_until: float | None
+    lease_left: float | None
+    """Seconds until the current lease may lapse, on the database's clock; None: no lease."""
+
+
+class _RunFailed(Exception):
+    """A run that ended without a result to store: its message is the run's error."""
 
 
 # ---------------------------------------------------------------- storage
@@ -204,11 +255,21 @@ class TaskTable:
     async def register(self, task: PreloadTask) -> None:
         await self.database.fetch(REGISTER_TASK, task.definition())
 
-    async def claim(self, name: str, owner: str, now: float, lease_until: float, force: bool) -> int | None:
-        """Take the lease; the task's consecutive failures so far, or None if not claimed."""
-        params = {"name": name, "owner": owner, "now": now, "lease_until": lease_until, "force": force}
+    async def claim(self, name: str, owner: str, now: float, lease: float, force: bool) -> tuple[int, float] | None:
+        """Take the lease for `lease` seconds if the task is due at `now` (the schedule's clock):
+        the task's consecutive failures so far and the lease's end, or None if not claimed."""
+        params = {"name": name, "owner": owner, "now": now, "lease": lease, "force": force}
         rows = await self.database.fetch(CLAIM_TASK, params)
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    async def renew(self, name: str, owner: str, lease: float) -> float | None:
+        """Extend this owner's lease to `lease` seconds from now: its new end, or None if it is
+        not ours any more."""
+        rows = await self.database.fetch(RENEW_LEASE, {"name": name, "owner": owner, "lease": lease})
         return rows[0][0] if rows else None
+
+    async def release(self, name: str, owner: str) -> None:
+        await self.database.fetch(RELEASE_LEASE, {"name": name, "owner": owner})
 
     async def schedule(self, name: str) -> Schedule | None:
         rows = await self.database.fetch(READ_SCHEDULE, (name,))
@@ -223,12 +284,64 @@ class TaskTable:
     async def set_enabled(self, name: str, enabled: bool) -> None:
         await self.database.fetch(SET_ENABLED, (enabled, name))
 
-    async def release(self, owner: str) -> None:
-        await self.database.fetch(RELEASE_LEASES, (owner,))
-
     async def stats(self, names: Iterable[str]) -> dict[str, dict[str, Any]]:
         rows = await self.database.fetch(READ_TASKS, (orjson.dumps(list(names)).decode(),))
         return {row[0]: dict(zip(_STAT_COLUMNS, row[1:])) for row in rows}
+
+
+class _Lease:
+    """A run's hold on its task's row, renewed in the background until the run ends.
+
+    `until` is the row's `lease_until` as the claim or the latest renewal set it, on the
+    database's clock, which is this host's wall clock: `time.time` reads the same clock, so this
+    process knows when another could claim the row. `lost` is a task that finishes when the lease
+    may be gone: a renewal found that this process no longer owns the row, or none succeeded by
+    `LEASE_GIVE_UP` of a lease length before `until`. Renewals sleep in real time
+    (`asyncio.sleep`), never on a test's fake clock.
+    """
+
+    def __init__(self, table: TaskTable, name: str, owner: str, seconds: float, until: float):
+        self.table = table
+        self.name = name
+        self.owner = owner
+        self.seconds = seconds
+        self.until = until
+        self.thread: asyncio.Future[Any] | None = None
+        """The thread of a plain-function loader: while it runs, the lease is never given back."""
+        self.lost: asyncio.Task[None] = asyncio.get_running_loop().create_task(
+            self._renew_until_lost(), name=f"preload-lease:{name}"
+        )
+
+    async def renew(self) -> bool:
+        """Extend the lease by its length from now; False if this process no longer owns it.
+        A database error is raised."""
+        until = await self.table.renew(self.name, self.owner, self.seconds)
+        if until is not None:
+            self.until = until
+        return until is not None
+
+    async def end(self) -> None:
+        """Stop renewing (the run is over)."""
+        self.lost.cancel()
+        await asyncio.wait((self.lost,))
+
+    async def _renew_until_lost(self) -> None:
+        period = self.seconds / RENEWALS_PER_LEASE
+        while True:
+            await asyncio.sleep(max(0.0, min(period, self._time_left())))
+            try:
+                if not await asyncio.wait_for(self.renew(), self._time_left()):
+                    logger.warning("sqlcache: preload task %r: lease taken by another process", self.name)
+                    return
+            except asyncio.TimeoutError:
+                logger.warning("sqlcache: preload task %r: lease not renewed in time, run given up", self.name)
+                return
+            except Exception as error:  # a locked or failing database: try again while the lease holds
+                logger.warning("sqlcache: preload task %r: lease not renewed: %s", self.name, error)
+
+    def _time_left(self) -> float:
+        """Seconds until this run must give the lease up if it has not renewed it."""
+        return self.until - LEASE_GIVE_UP * self.seconds - time.time()
 
 
 # ---------------------------------------------------------------- the preloader
@@ -243,8 +356,11 @@ class CachePreloader:
     `sleep` (the coroutine the scheduler waits with; tests inject one that follows the fake
     clock), `jitter` (each wait is lengthened by up to this fraction of the interval, at most
     `MAX_JITTER` seconds, so processes and tasks do not fire in lockstep), `max_backoff`
-    (longest wait after failures, in seconds, unless the interval is longer) and `stop_grace`
-    (seconds `stop` lets a running loader finish before cancelling it).
+    (longest wait after failures, in seconds, unless the interval is longer), `stop_grace`
+    (seconds `stop` lets a running loader finish before cancelling it) and `lease_seconds`
+    (length of a run's lease, renewed while it runs; None: `LEASE_BUSY_TIMEOUTS` busy timeouts
+    of the manager's config). The lease is on the database's clock, not the manager's: see the
+    module's docstring.
     """
 
     def __init__(
@@ -255,12 +371,14 @@ class CachePreloader:
         jitter: float = 0.1,
         max_backoff: float = 600.0,
         stop_grace: float = 5.0,
+        lease_seconds: float | None = None,
     ):
         self.resource_pool = resource_pool
         self.sleep = sleep
         self.jitter = jitter
         self.max_backoff = max_backoff
         self.stop_grace = stop_grace
+        self.lease_seconds = lease_seconds
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._rng = random.Random()
         self._tasks: dict[str, PreloadTask] = {}
@@ -272,6 +390,7 @@ class CachePreloader:
         self._memory: tuple[CacheManager, _MemoryDatabase] | None = None
         self._open_lock = asyncio.Lock()
         self._started = False
+        self._last_stats: dict[str, Any] | None = None
 
     # ------------------------------------------------------------ registering
 
@@ -293,8 +412,12 @@ class CachePreloader:
         **kwargs)` (a plain function works too) and store its result under `cache_key`
         (if given) for `cache_ttl` seconds (None: the cache's default) with `tags`.
 
-        A run taking longer than `timeout` seconds (default: the interval) is cancelled and
-        counted as an error. The definition reaches the database at the next awaited call.
+        A coroutine function is awaited on the event loop; a plain function runs in a thread
+        of its own (an awaitable it returns is then awaited), so it never blocks the loop.
+        A run taking longer than `timeout` seconds (default: the interval) counts as an error
+        and its result is not stored; a coroutine is cancelled then, but a thread cannot be
+        stopped, so the run keeps its lease until the function returns: no process starts the
+        task meanwhile. The definition reaches the database at the next awaited call.
         """
         if not isinstance(name, str) or not name:
             raise TypeError("a preload task needs a non-empty str name")
@@ -362,19 +485,31 @@ class CachePreloader:
 
     async def _claim_and_load(self, task: PreloadTask, force: bool) -> bool | None:
         table = await self._tasks_table()
-        started = self._clock()
-        failures = await table.claim(task.name, self.owner, started, started + task.timeout + LEASE_MARGIN, force)
-        if failures is None:
+        lease_seconds = self._lease_seconds()
+        claimed = await table.claim(task.name, self.owner, self._clock(), lease_seconds, force)
+        if claimed is None:
             return None
+        failures, lease_until = claimed
+        started = self._clock()  # after the claim, which may have waited for the lock
         began = time.monotonic()
+        lease = _Lease(table, task.name, self.owner, lease_seconds, lease_until)
         error = None
         try:
-            value = await self._load(task)
+            value = await _load(task, lease)
             if task.cache_key is not None:
+                if not await lease.renew():  # and so it holds for the set below
+                    raise _RunFailed(LEASE_LOST)
                 await self._manager().set(task.cache_key, value, task.cache_ttl, tags=task.tags)
         except Exception as exc:  # any loader failure is the run's error, never the scheduler's
-            error = _describe(exc, task.timeout)
+            error = _describe(exc)
             logger.warning("sqlcache: preload task %r failed: %s", task.name, error)
+        except asyncio.CancelledError:  # stopped: give the lease back, unless the loader runs on
+            await lease.end()
+            if lease.thread is None or lease.thread.done():
+                await _release(table, task.name, self.owner)
+            raise
+        finally:
+            await lease.end()
         finished = self._clock()
         if error is None:
             next_run = max(started + task.interval, finished)
@@ -384,12 +519,10 @@ class CachePreloader:
                            duration=time.monotonic() - began, error=error, next_run=next_run)
         return error is None
 
-    @staticmethod
-    async def _load(task: PreloadTask) -> Any:
-        result = task.loader(*task.args, **task.kwargs)
-        if inspect.isawaitable(result):
-            result = await asyncio.wait_for(result, task.timeout)
-        return result
+    def _lease_seconds(self) -> float:
+        if self.lease_seconds is None:
+            return LEASE_BUSY_TIMEOUTS * self._manager().config.busy_timeout
+        return _positive_seconds("lease_seconds", self.lease_seconds)
 
     def _backoff(self, interval: float, failures: int) -> float:
         """Seconds to wait after `failures` failures in a row: the interval, doubled per failure,
@@ -429,15 +562,19 @@ class CachePreloader:
         if schedule is None:  # the row was deleted by hand: define it again
             await table.register(task)
             return 0.0
-        if schedule.lease_until is not None and schedule.lease_until > now:
-            return min(schedule.lease_until - now, task.interval)  # running elsewhere
+        if schedule.lease_left is not None and schedule.lease_left > 0:
+            return min(schedule.lease_left, task.interval)  # running elsewhere
         if not schedule.enabled:
             return task.interval  # look again later: it may be enabled from anywhere
         return max((schedule.next_run or now) - now, 0.0)
 
     async def stop(self) -> None:
         """Stop scheduling: cancel waiting tasks, let running loaders finish within
-        `stop_grace` seconds, cancel the rest, release their leases, close the connection."""
+        `stop_grace` seconds, cancel the rest, release their leases, close the connection.
+
+        A plain-function loader still running then cannot be stopped: its run is abandoned (its
+        result never stored) and its lease, no longer renewed, lapses a lease length later.
+        """
         self._started = False
         loops = list(self._loops.values())
         self._loops.clear()
@@ -451,13 +588,10 @@ class CachePreloader:
                 run.cancel()
             if late:
                 await asyncio.wait(late)
-        async with self._open_lock:
+        async with self._open_lock:  # each cancelled run gave its lease back
             table, self._table, self._table_manager = self._table, None, None
             if table is not None:
-                try:
-                    await table.release(self.owner)
-                finally:
-                    await table.database.close()
+                await table.database.close()
 
     # ------------------------------------------------------------ statistics
 
@@ -466,9 +600,8 @@ class CachePreloader:
         (so they include every process's runs). `running_tasks` counts live leases."""
         table = await self._tasks_table()
         rows = await table.stats(self._tasks)
-        now = self._clock()
-        task_stats = {name: _task_stats(rows[name], task, now) for name, task in self._tasks.items() if name in rows}
-        return {
+        task_stats = {name: _task_stats(rows[name], task) for name, task in self._tasks.items() if name in rows}
+        self._last_stats = {
             "tasks": len(self._tasks),
             "running_tasks": sum(stats["running"] for stats in task_stats.values()),
             "preload_count": sum(stats["run_count"] - stats["error_count"] for stats in task_stats.values()),
@@ -476,6 +609,12 @@ class CachePreloader:
             "started": self._started,
             "task_stats": task_stats,
         }
+        return self._last_stats
+
+    def stats_snapshot(self) -> dict[str, Any] | None:
+        """What the last `get_stats` returned (None before the first): the figures live in the
+        database, which a metrics scrape in another thread must not wait for."""
+        return self._last_stats
 
     # ------------------------------------------------------------ loaders
 
@@ -529,26 +668,110 @@ class CachePreloader:
         return self._memory[1]
 
 
+async def _load(task: PreloadTask, lease: _Lease) -> Any:
+    """The loader's result, once it returned within the task's timeout with the lease held."""
+    deadline = time.monotonic() + task.timeout
+    if _is_coroutine_function(task.loader):
+        result = task.loader(*task.args, **task.kwargs)
+    else:
+        lease.thread = _in_thread(task.loader, task.args, task.kwargs, name=f"preload:{task.name}")
+        result = await _within(lease.thread, task, lease, deadline, cancellable=False)
+        if not inspect.isawaitable(result):
+            return result
+    return await _within(asyncio.ensure_future(result), task, lease, deadline, cancellable=True)
+
+
+async def _within(loading: asyncio.Future[Any], task: PreloadTask, lease: _Lease, deadline: float, *,
+                  cancellable: bool) -> Any:
+    """`loading`'s result if it is done by `deadline` and before the lease is lost; else it
+    raises `_RunFailed`, after cancelling `loading` if it is `cancellable` or, if not (a thread),
+    waiting for it to end with the lease still renewed, so no other process starts meanwhile."""
+    try:
+        done, _ = await asyncio.wait(
+            (loading, lease.lost), timeout=max(0.0, deadline - time.monotonic()), return_when=asyncio.FIRST_COMPLETED
+        )
+        if loading in done:
+            return loading.result()
+        failure = _RunFailed(LEASE_LOST if lease.lost.done() else f"timed out after {task.timeout:g}s")
+        if cancellable:
+            loading.cancel()
+        await asyncio.wait((loading,))
+        raise failure
+    finally:
+        if cancellable:
+            loading.cancel()  # nothing if done; stops the loader if this run was cancelled
+
+
+def _is_coroutine_function(loader: Callable[..., Any]) -> bool:
+    """Whether calling `loader` only makes a coroutine (an `async def`, a bound or partial one,
+    or an object whose `__call__` is one), so it may be called on the event loop."""
+    return inspect.iscoroutinefunction(loader) or inspect.iscoroutinefunction(getattr(loader, "__call__", None))
+
+
+def _in_thread(function: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any], *, name: str) -> asyncio.Future[Any]:
+    """Start `function(*args, **kwargs)` in a thread of its own; a future of its outcome, done
+    only when the function has returned (cancelling the future does not stop the thread).
+
+    Not the loop's default executor: that pool is shared and bounded, and `asyncio.run` waits
+    for its threads at exit, so one plain loader that never returns would hang the program.
+    This thread is a daemon, and runs in a copy of the caller's context, as `to_thread` would.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+    def run() -> None:
+        result, error = None, None
+        try:
+            result = context.run(function, *args, **kwargs)
+        except Exception as exc:
+            error = exc
+        except BaseException as exc:  # SystemExit and the like end this run, not the loop
+            error = RuntimeError(f"the loader raised {type(exc).__name__}")
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop has closed: nobody waits for this run any more
+            pass
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
+async def _release(table: TaskTable, name: str, owner: str) -> None:
+    """Give a cancelled run's lease back; if the database refuses, it lapses on its own."""
+    try:
+        await table.release(name, owner)
+    except Exception as error:
+        logger.warning("sqlcache: preload task %r: lease not given back, it lapses on its own: %s", name, error)
+
+
 async def _outcome(run: asyncio.Task[bool | None]) -> bool | None:
     """Wait for a run without cancelling it if the waiter is cancelled; a cancelled run failed."""
     await asyncio.wait((run,))
     return False if run.cancelled() else run.result()
 
 
-def _task_stats(row: dict[str, Any], task: PreloadTask, now: float) -> dict[str, Any]:
+def _task_stats(row: dict[str, Any], task: PreloadTask) -> dict[str, Any]:
     stats = dict(row)
     stats["interval"] = task.interval  # as this process registered it: 60, not SQLite's 60.0
     stats["enabled"] = bool(row["enabled"])
     stats["tags"] = orjson.loads(row["tags"])
-    stats["running"] = row["lease_until"] is not None and row["lease_until"] > now
+    stats["running"] = bool(row["running"])
     return stats
 
 
-def _describe(error: Exception, timeout: float) -> str:
-    """The text kept in last_error. `wait_for` raises its timeout from the cancellation it
-    caused, which tells it from a TimeoutError the loader raised itself."""
-    if isinstance(error, asyncio.TimeoutError) and isinstance(error.__cause__, asyncio.CancelledError):
-        return f"timed out after {timeout:g}s"
+def _describe(error: Exception) -> str:
+    """The text kept in last_error."""
+    if isinstance(error, _RunFailed):
+        return str(error)
     return f"{type(error).__name__}: {error}"[:ERROR_TEXT_LIMIT]
 
 

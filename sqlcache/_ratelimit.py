@@ -7,9 +7,10 @@ sleep are injectable so tests can check its pacing without waiting.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 
@@ -34,11 +35,19 @@ class RateLimit:
 
 
 class TokenBucket:
-    """Paces callers to a `RateLimit`: `burst` tokens, refilled at `rate` per second.
+    """Paces callers to a `RateLimit`, as a token bucket of `burst` tokens refilled at `rate`
+    per second would, in arrival order and with no polling.
 
-    Each caller reserves its token on arrival (the balance may go negative) and sleeps once until
-    its token would exist, so concurrent callers go through in arrival order, 1/rate apart, with no
-    polling. A caller cancelled while waiting gives its token back.
+    It keeps the bucket as a virtual schedule (GCRA): `_tat` is the theoretical arrival time of
+    the next request, each request moves it on by `1/rate`, and a request may start
+    `(burst - 1)/rate` seconds before it. A caller reserves its start time on arrival and sleeps
+    once until then; every reserved time is a slot of one schedule that keeps the window bound,
+    so any subset of them does too.
+
+    A caller cancelled while waiting gives back exactly its own slot and no other: if it was the
+    last in line the schedule is rolled back to where it was before that reservation, otherwise
+    its slot becomes a hole that the next arrival takes (at that slot's time, never earlier),
+    so the callers behind it keep their start times and none starts with another.
     """
 
     def __init__(
@@ -51,26 +60,54 @@ class TokenBucket:
         self.limit = limit
         self._clock = clock
         self._sleep = sleep
-        self._tokens = float(limit.burst)
-        self._updated = clock()
+        self._interval = 1.0 / limit.rate
+        self._tolerance = (limit.burst - 1) * self._interval
+        self._tat = -math.inf  # nothing reserved yet: the first caller starts at once
+        self._holes: list[_Slot] = []  # slots given back by cancelled waiters, by start time
 
     async def acquire(self) -> float:
         """Wait until a request may start; the seconds waited (0.0 when a token was at hand)."""
-        self._refill()
-        self._tokens -= 1
-        if self._tokens >= 0:
+        now = self._clock()
+        slot = self._reserve(now)
+        wait = slot.start - now
+        if wait <= 0:
             return 0.0
-        wait = -self._tokens / self.limit.rate
         try:
             await self._sleep(wait)
         except asyncio.CancelledError:
-            self._refill()
-            self._tokens = min(self._tokens + 1, float(self.limit.burst))
+            self._give_back(slot)
             raise
         return wait
 
-    def _refill(self) -> None:
-        now = self._clock()
-        elapsed = max(0.0, now - self._updated)
-        self._tokens = min(float(self.limit.burst), self._tokens + elapsed * self.limit.rate)
-        self._updated = now
+    def _reserve(self, now: float) -> "_Slot":
+        """The earliest slot open to a caller arriving at `now`: a hole still ahead, or the
+        schedule's next one (a hole always comes before it, being an earlier reservation)."""
+        while self._holes and self._holes[0].start < now:
+            self._holes.pop(0)  # passed unused: the schedule it belonged to never ran it
+        if self._holes:
+            return self._holes.pop(0)
+        before = self._tat
+        start = max(now, before - self._tolerance)
+        self._tat = max(before, now) + self._interval
+        return _Slot(start, before, self._tat)
+
+    def _give_back(self, slot: "_Slot") -> None:
+        """Undo a waiter's reservation: roll the schedule back while its last reservation is
+        unused, else leave the slot as a hole for the next arrival."""
+        bisect.insort(self._holes, slot)
+        while self._holes:
+            last = max(self._holes, key=lambda hole: hole.tat_after)
+            if last.tat_after != self._tat:
+                break
+            self._holes.remove(last)
+            self._tat = last.tat_before
+
+
+@dataclass(frozen=True, order=True)
+class _Slot:
+    """One reserved start: its time, and the schedule's `_tat` before and after reserving it
+    (compared exactly, to tell whether it is still the latest reservation)."""
+
+    start: float
+    tat_before: float = field(compare=False)
+    tat_after: float = field(compare=False)

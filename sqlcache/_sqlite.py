@@ -1,10 +1,30 @@
-"""The disk tier on one SQLite file, through aiosqlite.
+"""The disk tier on one SQLite file in WAL mode, shared by every process that opens it.
 
-Two connections: a writer, through which every write batch runs as one `BEGIN IMMEDIATE`
-transaction (so concurrent sets share a commit), and a reader in autocommit mode, so that
-reads and the coherence check never queue behind a write waiting for another process's lock.
-The schema is in `migrations/`; each statement below is named and says what it does. Every
-statement is parameterised, and every one that touches many rows walks an index.
+Where the time goes decides the design. A point read on this schema costs a few microseconds;
+a hop to a worker thread and back costs 90 to 150 on a 2-core machine. So what is fast runs on
+the event loop's thread, and only what can wait goes to the worker:
+
+- **Reads on the loop.** `reader`, a stdlib `sqlite3` connection in autocommit mode with the
+  file memory-mapped, answers point reads, small `IN` batches, the size and the coherence
+  check (`PRAGMA data_version`, about a microsecond). In WAL mode a reader takes no lock and
+  never waits for a writer. A batch of more than `LOOP_READ_MAX_KEYS` keys goes to the worker.
+- **Writes on the loop when nothing is in the way.** `writer` tries `BEGIN IMMEDIATE` with a
+  zero busy timeout. If another process holds the write lock (`SQLITE_BUSY`), or the batch may
+  be slow (a tag, pattern or clear that can remove any number of rows, many bytes, many read
+  statistics) or must fsync (`durability=full`), the batch goes to the worker thread instead,
+  whose connection waits up to `busy_timeout`. Once `BEGIN IMMEDIATE` succeeded nothing in the
+  transaction waits on a lock, and with `synchronous=NORMAL` the commit only appends to the WAL.
+- **Checkpoints off the loop.** No connection checkpoints automatically
+  (`wal_autocheckpoint=0`); after a commit that left the WAL over `CHECKPOINT_WAL_BYTES`, the
+  worker runs a passive checkpoint. While it runs, this process's writes queue behind it in the
+  worker: a checkpoint with writes appending beside it never reaches the WAL's end, and only a
+  checkpoint that did lets the next write start the WAL over (`journal_size_limit` then
+  truncates the file).
+
+The worker is a one-thread `ThreadPoolExecutor` with its own connection, so no connection is
+ever used by two threads, and the executor belongs to no event loop: one store serves
+successive loops. The write algorithm itself is `_plan.write_batch`, shared with every engine;
+this module gives its statements their SQLite text, and runs it.
 """
 
 from __future__ import annotations
@@ -12,46 +32,39 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import functools
-import itertools
 import logging
 import os
 import re
 import sqlite3
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import aiosqlite
-import orjson
 
+from . import _plan
 from ._config import Durability, InvalidationStrategy
 from ._exceptions import (
     CacheBusyError,
-    CacheError,
     CacheDirectoryError,
+    CacheError,
     DamagedCacheWarning,
     SchemaVersionError,
     StorageError,
 )
 from ._store import (
-    Change,
     Changes,
     FlushReads,
-    PurgeExpired,
     Put,
+    PurgeExpired,
     ReadCounts,
     Remove,
-    RemoveAll,
-    Removed,
-    RemovePattern,
-    RemoveTag,
     StoredRow,
-    TrimLog,
     WriteOp,
     WriteResult,
-    prefix_successor,
 )
 
 logger = logging.getLogger("sqlcache")
@@ -59,16 +72,30 @@ logger = logging.getLogger("sqlcache")
 SQLITE_MAGIC = b"SQLite format 3\x00"
 T = TypeVar("T")
 
-# ---------------------------------------------------------------- reads (reader connection)
+LOOP_READ_MAX_KEYS = 64
+"""Keys a read answers on the loop: 64 point reads take about 0.3 ms, under the 5 ms stall
+budget of the benchmarks with room to spare; a larger batch goes to the worker thread."""
+
+LOOP_WRITE_MAX_BYTES = 1024 * 1024
+"""Bytes of values a batch may write on the loop (a 1 MiB memcpy and WAL append take about a
+millisecond); a larger batch goes to the worker thread."""
+
+LOOP_WRITE_MAX_READS = 1000
+"""Read statistics a batch may flush on the loop (about 3 us each)."""
+
+CHECKPOINT_WAL_BYTES = 4 * 1024 * 1024
+"""WAL size that triggers a checkpoint: SQLite's own default (1000 pages of 4 KiB)."""
+
+MMAP_BYTES = 256 * 1024 * 1024
+"""`mmap_size` of each connection: a hot read is a memory access (measured in perf-floors.md)."""
+
+# Statements a batch can run on the loop: their work is bounded by the batch's own size.
+_QUICK_OPS = (Put, Remove, PurgeExpired, FlushReads)
+
+# ---------------------------------------------------------------- reads
 
 # One key, by the unique index on entries.key.
-READ_ONE = "SELECT key, value, codec, expires_at, tags FROM entries WHERE key = ?"
-
-# Many keys in one query (coalesced concurrent gets): probes the key index once per key.
-READ_MANY = """
-SELECT key, value, codec, expires_at, tags FROM entries
-WHERE key IN (SELECT value FROM json_each(?))
-"""
+READ_ONE = "SELECT value, codec, expires_at, tags FROM entries WHERE key = ?"
 
 # Entry count and bytes, kept by triggers so that this is O(1).
 READ_SIZE = "SELECT entries, bytes FROM counters WHERE id = 1"
@@ -79,79 +106,63 @@ READ_CHANGES = "SELECT seq, origin, kind, arg FROM invalidations WHERE seq > ? O
 # The newest log position, so a fresh process starts reading after it.
 READ_LAST_SEQ = "SELECT coalesce(max(seq), 0) FROM invalidations"
 
-# ---------------------------------------------------------------- writes (writer connection)
+# ---------------------------------------------------------------- the write plan's statements
 
-# Insert an entry or replace the one under its key; the triggers keep tags, access rows and
-# counters in step, and keep the read statistics of a replaced entry.
-UPSERT_ENTRY = """
-INSERT INTO entries (key, value, codec, size, tags, created_at, expires_at)
-VALUES (?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (key) DO UPDATE SET
-    value = excluded.value, codec = excluded.codec, size = excluded.size, tags = excluded.tags,
-    created_at = excluded.created_at, expires_at = excluded.expires_at
-"""
-
-# Add a batch of reads made in memory or on disk to an entry's statistics.
-RECORD_READS = """
-UPDATE access SET access_count = access_count + ?, accessed_at = max(accessed_at, ?)
-WHERE entry_id = (SELECT id FROM entries WHERE key = ?)
-"""
-
-# Delete the given keys, by the key index.
-DELETE_KEYS = """
-DELETE FROM entries WHERE key IN (SELECT value FROM json_each(?))
-RETURNING key, expires_at
-"""
-
-# Delete every entry carrying a tag, by the tags primary key (tag, entry_id).
-DELETE_TAG = """
-DELETE FROM entries WHERE id IN (SELECT entry_id FROM tags WHERE tag = ?)
-RETURNING key, expires_at
-"""
-
-# Delete the keys matching a regex among those in the key range of its literal prefix.
-DELETE_PATTERN_IN_RANGE = """
-DELETE FROM entries WHERE key >= ? AND key < ? AND key REGEXP ?
-RETURNING key, expires_at
-"""
-
-# A pattern with no literal prefix has no range to narrow by: this one scans the keys.
-DELETE_PATTERN_ANYWHERE = "DELETE FROM entries WHERE key REGEXP ? RETURNING key, expires_at"
-
-DELETE_ALL = "DELETE FROM entries RETURNING key, expires_at"
-
-# Delete up to N expired entries, soonest expired first, by the partial expiry index.
-DELETE_EXPIRED = """
-DELETE FROM entries WHERE id IN (
-    SELECT id FROM entries WHERE expires_at <= ? ORDER BY expires_at LIMIT ?
-)
-RETURNING size
-"""
-
-# Eviction candidates in the order each strategy gives them up, by the index serving it.
-VICTIMS = {
-    InvalidationStrategy.LRU: """
+STATEMENTS = {
+    # Add a batch of reads made in memory or on disk to an entry's statistics.
+    "record_reads": """
+        UPDATE access SET access_count = access_count + ?, accessed_at = max(accessed_at, ?)
+        WHERE entry_id = (SELECT id FROM entries WHERE key = ?)""",
+    # Insert an entry or replace the one under its key; the triggers (migrations 0001 and 0003)
+    # keep the counters and access rows in step and keep a replaced entry's read statistics.
+    "upsert_entry": """
+        INSERT INTO entries (key, value, codec, size, tags, created_at, expires_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?)
+        ON CONFLICT (key) DO UPDATE SET
+            value = excluded.value, codec = excluded.codec, size = excluded.size, tags = excluded.tags,
+            created_at = excluded.created_at, expires_at = excluded.expires_at
+        RETURNING id""",
+    # Index one tag of an entry (already indexed when a set keeps the same tags).
+    "insert_tag": "INSERT OR IGNORE INTO tags (tag, entry_id) VALUES (?, ?)",
+    # Delete one key, by the key index.
+    "delete_key": "DELETE FROM entries WHERE key = ? RETURNING key, expires_at",
+    # Delete every entry carrying a tag, by the tags primary key (tag, entry_id).
+    "delete_tag": """
+        DELETE FROM entries WHERE id IN (SELECT entry_id FROM tags WHERE tag = ?)
+        RETURNING key, expires_at""",
+    # Delete the keys matching a regex among those in the key range of its literal prefix.
+    "delete_pattern_in_range": """
+        DELETE FROM entries WHERE key >= ? AND key < ? AND key REGEXP ?
+        RETURNING key, expires_at""",
+    # A pattern with no literal prefix has no range to narrow by: this one scans the keys.
+    "delete_pattern_anywhere": "DELETE FROM entries WHERE key REGEXP ? RETURNING key, expires_at",
+    "delete_all": "DELETE FROM entries RETURNING key, expires_at",
+    # Delete up to N expired entries, soonest expired first, by the partial expiry index.
+    "delete_expired": """
+        DELETE FROM entries WHERE id IN (
+            SELECT id FROM entries WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)
+        RETURNING size""",
+    "read_size": READ_SIZE,
+    # Eviction candidates in the order each strategy gives them up, by the index serving it.
+    "victims_lru": """
         SELECT e.id, e.key, e.size FROM access AS a JOIN entries AS e ON e.id = a.entry_id
         ORDER BY a.accessed_at LIMIT ?""",
-    InvalidationStrategy.LFU: """
+    "victims_lfu": """
         SELECT e.id, e.key, e.size FROM access AS a JOIN entries AS e ON e.id = a.entry_id
         ORDER BY a.access_count, a.accessed_at LIMIT ?""",
-    InvalidationStrategy.FIFO: "SELECT id, key, size FROM entries ORDER BY created_at LIMIT ?",
-    InvalidationStrategy.TTL: """
+    "victims_fifo": "SELECT id, key, size FROM entries ORDER BY created_at LIMIT ?",
+    "victims_ttl": """
         SELECT id, key, size FROM entries WHERE expires_at IS NOT NULL
         ORDER BY expires_at LIMIT ?""",
+    "delete_id": "DELETE FROM entries WHERE id = ?",
+    # Append to the log other processes read to drop stale memory copies. A seq is max+1 and
+    # the trim keeps the newest rows, so seqs are never reused and never skip a number.
+    "log_changes": "INSERT INTO invalidations (origin, kind, arg, logged_at) VALUES (?, ?, ?, ?)",
+    "read_log_since": READ_CHANGES,
+    "last_seq": READ_LAST_SEQ,
+    # Forget the oldest log rows, by the primary key (a prefix of the sequence, so no holes).
+    "trim_log": "DELETE FROM invalidations WHERE seq <= ?",
 }
-
-DELETE_IDS = "DELETE FROM entries WHERE id IN (SELECT value FROM json_each(?))"
-
-# Append to the log other processes read to drop stale memory copies.
-LOG_CHANGE = "INSERT INTO invalidations (origin, kind, arg, logged_at) VALUES (?, ?, ?, ?)"
-
-# Forget log rows older than a time, always keeping the newest row.
-TRIM_LOG = """
-DELETE FROM invalidations
-WHERE logged_at < ? AND seq < (SELECT max(seq) FROM invalidations)
-"""
 
 
 @functools.lru_cache(maxsize=128)
@@ -177,23 +188,32 @@ def _migrations() -> list[tuple[int, str]]:
 LATEST_SCHEMA = _migrations()[-1][0]
 
 
+def open_connection(path: Path, *, busy_timeout: float, durability: Durability = Durability.NORMAL) -> sqlite3.Connection:
+    """A stdlib connection in autocommit mode (transactions are begun explicitly), with the
+    file memory-mapped, no automatic checkpoints and Python's `re.match` as REGEXP.
+
+    `check_same_thread=False` because connections are made in the worker thread; each one is
+    then used by one thread only (see the module docstring)."""
+    db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False, cached_statements=64)
+    try:
+        db.execute(f"PRAGMA synchronous = {durability.value.upper()}")  # an enum value, not user text
+        db.execute(f"PRAGMA mmap_size = {MMAP_BYTES:d}")
+        db.execute("PRAGMA wal_autocheckpoint = 0")
+        db.execute(f"PRAGMA journal_size_limit = {CHECKPOINT_WAL_BYTES:d}")
+        db.create_function("regexp", 2, _regexp, deterministic=True)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
 async def connect(path: Path, *, busy_timeout: float, isolation_level: str | None) -> aiosqlite.Connection:
-    """An aiosqlite connection whose worker is a daemon thread, so a program that forgets
-    `close()` still exits; SQLite treats a transaction cut short at exit like a crash:
-    rolled back, committed data intact."""
+    """An aiosqlite connection (the preloader's) whose worker is a daemon thread, so a program
+    that forgets `close()` still exits; SQLite treats a transaction cut short at exit like a
+    crash: rolled back, committed data intact."""
     connection = aiosqlite.connect(path, timeout=busy_timeout, isolation_level=isolation_level, cached_statements=64)
     getattr(connection, "_thread", connection).daemon = True  # type: ignore[union-attr]  # < 0.20 was the Thread
     return await connection
-
-
-async def in_thread(connection: aiosqlite.Connection, function: Callable[..., T], *args: Any) -> T:
-    """Run `function(sqlite3_connection, *args)` in the connection's worker thread, in one hop.
-
-    aiosqlite sends each call to its thread and back; a transaction of several statements
-    written as plain sqlite3 code pays that round trip once. This uses aiosqlite's `_execute`
-    and `_conn`, the two names its own public methods are built on.
-    """
-    return await connection._execute(function, connection._conn, *args)
 
 
 class SQLiteStore:
@@ -217,95 +237,97 @@ class SQLiteStore:
         self._busy_timeout = busy_timeout
         self._durability = durability
         self._check_on_open = check_on_open
-        self._writer: aiosqlite.Connection | None = None
-        self._reader: aiosqlite.Connection | None = None
-        self._write_lock = asyncio.Lock()
+        self._worker_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlcache-worker")
+        self._reader: sqlite3.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._worker: sqlite3.Connection | None = None  # used in the worker thread only
+        self._inode = 0
+        self._replaced = False
         self._data_version = -1
         self._last_seq = 0
+        self._checkpointing = False
 
     # ------------------------------------------------------------ opening and closing
 
     async def open(self) -> None:
         """Create the directory and file, set a damaged file aside, migrate, connect."""
-        await asyncio.to_thread(self._prepare_directory)
-        lock = await asyncio.to_thread(self._lock_file)
-        try:
+        await self._in_worker(self._open)
+
+    def _open(self) -> None:
+        self._prepare_directory()
+        with self._locked():
             try:
-                await self._connect_and_migrate()
-            except sqlite3.DatabaseError as error:
-                if not _is_damage(error):
-                    raise
-                await self._close_connections()
-                self._set_aside(str(error))
-                await self._connect_and_migrate()
-        except sqlite3.OperationalError as error:
-            await self._close_connections()
-            if getattr(error, "sqlite_errorname", "").startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY")):
-                raise CacheDirectoryError(f"cannot open cache database {self.path}: {error}") from error
-            raise _translate(error, self.path, self._busy_timeout) from error  # e.g. locked while migrating
-        except BaseException:
-            await self._close_connections()
-            raise
-        finally:
-            lock.close()  # releases the flock
+                try:
+                    self._connect_and_migrate()
+                except sqlite3.DatabaseError as error:
+                    if not _is_damage(error):
+                        raise
+                    self._close_connections()
+                    self._set_aside(str(error))
+                    self._connect_and_migrate()
+            except sqlite3.OperationalError as error:
+                self._close_connections()
+                if getattr(error, "sqlite_errorname", "").startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY")):
+                    raise CacheDirectoryError(f"cannot open cache database {self.path}: {error}") from error
+                raise _translate(error, self.path, self._busy_timeout) from error  # e.g. locked while migrating
+            except BaseException:
+                self._close_connections()
+                raise
 
     def _prepare_directory(self) -> None:
         directory = self.path.parent
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
         except OSError as error:
-            raise CacheDirectoryError(f"cannot create cache database {self.path}: {error.strerror or error}") from error
+            raise CacheDirectoryError(f"cannot create cache directory {directory}: {error.strerror or error}") from error
+        verb = "open" if self.path.exists() else "create"
+        try:
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        except OSError as error:
+            raise CacheDirectoryError(f"cannot {verb} cache database {self.path}: {error.strerror or error}") from error
 
-    def _lock_file(self):
+    def _locked(self) -> Any:
         """An exclusive flock that serialises opening, migrating and setting aside between processes."""
-        handle = open(self.path.parent / "sqlcache.lock", "a+b")
+        path = self.path.parent / "sqlcache.lock"
+        try:
+            handle = open(path, "a+b")
+        except OSError as error:
+            raise CacheDirectoryError(f"cannot open lock file {path}: {error.strerror or error}") from error
         try:
             os.chmod(handle.name, 0o600)
             fcntl.flock(handle, fcntl.LOCK_EX)
         except BaseException:
             handle.close()
             raise
-        return handle
+        return handle  # closing it (the `with` block's end) releases the flock
 
-    async def _connect_and_migrate(self) -> None:
+    def _connect_and_migrate(self) -> None:
         if self.path.stat().st_size > 0:
             with open(self.path, "rb") as file:
                 if file.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
                     raise sqlite3.DatabaseError("file is not a database (bad header)")
-        self._writer = await self._connect(isolation_level="IMMEDIATE")
-        writer = self._writer
-        version = await self._scalar(writer, "PRAGMA user_version")
+        self._worker = worker = open_connection(self.path, busy_timeout=self._busy_timeout, durability=self._durability)
+        version = worker.execute("PRAGMA user_version").fetchone()[0]
         if version > LATEST_SCHEMA:
             raise SchemaVersionError(
                 f"{self.path} has schema version {version}, newer than this sqlcache knows "
                 f"({LATEST_SCHEMA}); upgrade sqlcache or use another cache directory (file left untouched)"
             )
         if self._check_on_open and version > 0:
-            problems = [tuple(row) for row in await writer.execute_fetchall("PRAGMA quick_check")]
+            problems = worker.execute("PRAGMA quick_check").fetchall()
             if problems != [("ok",)]:
                 raise sqlite3.DatabaseError(f"quick_check failed: {problems[0][0]}")
-        await writer.execute_fetchall("PRAGMA journal_mode = WAL")
+        worker.execute("PRAGMA journal_mode = WAL")
         for number, script in _migrations():
             if number > version:
                 # The number comes from a file name we ship, so formatting it in is safe;
                 # PRAGMA takes no parameters.
-                await writer.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number:d};\nCOMMIT;")
-        self._reader = await self._connect(isolation_level=None)
-        self._data_version = await self._scalar(self._reader, "PRAGMA data_version")
-        self._last_seq = await self._scalar(self._reader, READ_LAST_SEQ)
-
-    async def _connect(self, isolation_level: str | None) -> aiosqlite.Connection:
-        connection = await connect(self.path, busy_timeout=self._busy_timeout, isolation_level=isolation_level)
-        await connection.execute_fetchall(f"PRAGMA synchronous = {self._durability.value.upper()}")
-        await connection.create_function("regexp", 2, _regexp, deterministic=True)
-        return connection
-
-    @staticmethod
-    async def _scalar(connection: aiosqlite.Connection, sql: str) -> Any:
-        [row] = await connection.execute_fetchall(sql)
-        return row[0]
+                worker.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number:d};\nCOMMIT;")
+        self._writer = open_connection(self.path, busy_timeout=0, durability=self._durability)
+        self._reader = open_connection(self.path, busy_timeout=0, durability=self._durability)
+        self._inode = os.stat(self.path).st_ino
+        self._data_version = self._reader.execute("PRAGMA data_version").fetchone()[0]
+        self._last_seq = self._reader.execute(READ_LAST_SEQ).fetchone()[0]
 
     def _set_aside(self, reason: str) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -320,177 +342,177 @@ class SQLiteStore:
         self._prepare_directory()
 
     async def close(self) -> None:
-        async with self._write_lock:
-            await self._close_connections()
+        await self._in_worker(self._close_connections)
+        self._worker_thread.shutdown(wait=False)
 
-    async def _close_connections(self) -> None:
-        for connection in (self._writer, self._reader):
-            if connection is not None:
-                try:
-                    await connection.close()
-                except sqlite3.Error:
-                    pass
-        self._writer = self._reader = None
+    def _close_connections(self) -> None:
+        for db in (self._writer, self._reader, self._worker):
+            if db is not None:
+                db.close()
+        self._writer = self._reader = self._worker = None
+
+    async def _follow_if_replaced(self) -> None:
+        """If the file was set aside (renamed) by another process, reconnect to the new one.
+
+        A process that found the file damaged renames it and starts a fresh one; every other
+        process must follow it there, or it would go on reading and writing a file nobody else
+        sees. One `stat` (about a microsecond) per check; the reopening runs in the worker."""
+        try:
+            same = os.stat(self.path).st_ino == self._inode
+        except FileNotFoundError:
+            same = False
+        if not same:
+            logger.warning("sqlcache: %s was replaced by another process; reopening it", self.path)
+            await self._in_worker(self._reopen)
+
+    def _reopen(self) -> None:
+        self._close_connections()
+        self._open()
+        self._replaced = True
 
     # ------------------------------------------------------------ reads
 
     async def read(self, keys: Sequence[str]) -> dict[str, StoredRow]:
         """The stored rows of `keys` that exist (expired ones included: the caller decides)."""
-        if len(keys) == 1:
-            rows = await _opened(self._reader).execute_fetchall(READ_ONE, (keys[0],))
-        else:
-            rows = await _opened(self._reader).execute_fetchall(READ_MANY, (orjson.dumps(list(keys)).decode(),))
-        return {key: StoredRow(data, codec, expires_at, _tags(tags)) for key, data, codec, expires_at, tags in rows}
+        if len(keys) > LOOP_READ_MAX_KEYS:
+            return await self._in_worker(self._read_rows, _opened(self._worker), keys)
+        try:
+            return self._read_rows(_opened(self._reader), keys)
+        except sqlite3.OperationalError:  # busy in a WAL recovery: rare, so wait in the worker
+            return await self._in_worker(self._read_rows, _opened(self._worker), keys)
+
+    @staticmethod
+    def _read_rows(db: sqlite3.Connection, keys: Sequence[str]) -> dict[str, StoredRow]:
+        found = {}
+        for key in keys:
+            row = db.execute(READ_ONE, (key,)).fetchone()
+            if row is not None:
+                data, codec, expires_at, tags = row
+                found[key] = StoredRow(data, codec, expires_at, _plan.decode_tags(tags))
+        return found
 
     async def size(self) -> tuple[int, int]:
-        [(entries, size)] = await _opened(self._reader).execute_fetchall(READ_SIZE)
+        entries, size = _opened(self._reader).execute(READ_SIZE).fetchone()
         return entries, size
 
-    async def changes(self) -> Changes | None:
-        """Log rows other processes wrote since the last call; None when nothing was committed."""
-        return await in_thread(_opened(self._reader), self._read_changes)
+    async def log_position(self) -> int:
+        return _opened(self._reader).execute(READ_LAST_SEQ).fetchone()[0]
 
-    def _read_changes(self, db: sqlite3.Connection) -> Changes | None:
-        version = db.execute("PRAGMA data_version").fetchone()[0]
+    async def changes(self) -> Changes | None:
+        """Log rows other processes wrote since the last call; None when nothing was committed.
+
+        Only after the rows were read does the store move its position, so a failed read is
+        read again next time."""
+        await self._follow_if_replaced()
+        if self._replaced:
+            self._replaced = False
+            return Changes([], complete=False)
+        reader = _opened(self._reader)
+        version = reader.execute("PRAGMA data_version").fetchone()[0]
         if version == self._data_version:
             return None
+        rows = reader.execute(READ_CHANGES, (self._last_seq,)).fetchall()
+        changes = _plan.changes_from_log(rows, self._last_seq, self._origin)
         self._data_version = version
-        rows = db.execute(READ_CHANGES, (self._last_seq,)).fetchall()
-        if not rows:
-            return Changes([], complete=True)
-        complete = rows[0][0] == self._last_seq + 1
-        self._last_seq = rows[-1][0]
-        return Changes([Change(kind, arg or "") for _, origin, kind, arg in rows if origin != self._origin], complete)
+        if rows:
+            self._last_seq = rows[-1][0]
+        return changes
 
     # ------------------------------------------------------------ writes
 
     async def write(self, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float) -> WriteResult:
-        """Apply `ops` (and the pending read statistics) in one transaction, then evict if over.
+        """Apply `ops` (and the pending read statistics) in one transaction, then evict if over:
+        on the loop if the lock is free and the batch is quick, else in the worker thread."""
+        await self._follow_if_replaced()
+        try:
+            result = None
+            if not self._checkpointing and self._is_quick(ops, reads):
+                result = self._write_now(_opened(self._writer), ops, reads, now)
+            if result is None:
+                result = await self._in_worker(self._write_waiting, ops, reads, now)
+        except sqlite3.Error as error:
+            raise _translate(error, self.path, self._busy_timeout) from error
+        self._checkpoint_if_due()
+        return result
 
-        The whole transaction runs in the writer's thread in one hop, so a batch costs one
-        round trip to the event loop however many statements it takes.
-        """
-        async with self._write_lock:
-            try:
-                return await in_thread(_opened(self._writer), self._write_batch, ops, reads, now)
-            except sqlite3.Error as error:
-                raise _translate(error, self.path, self._busy_timeout) from error
+    def _is_quick(self, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts]) -> bool:
+        return (
+            self._durability is Durability.NORMAL
+            and len(reads) <= LOOP_WRITE_MAX_READS
+            and all(isinstance(op, _QUICK_OPS) for op in ops)
+            and sum(len(op.data) for op in ops if isinstance(op, Put)) <= LOOP_WRITE_MAX_BYTES
+        )
 
-    def _write_batch(
+    def _write_now(
+        self, db: sqlite3.Connection, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float
+    ) -> WriteResult | None:
+        """The batch, committed on this thread; None if another process holds the write lock."""
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:
+            if _is_busy(error):
+                return None
+            raise
+        return self._run_batch(db, ops, reads, now)
+
+    def _write_waiting(self, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float) -> WriteResult:
+        """The batch in the worker thread, waiting up to `busy_timeout` for the write lock."""
+        db = _opened(self._worker)
+        db.execute("BEGIN IMMEDIATE")
+        return self._run_batch(db, ops, reads, now)
+
+    def _run_batch(
         self, db: sqlite3.Connection, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float
     ) -> WriteResult:
         try:
-            if reads:
-                db.executemany(RECORD_READS, [(count, last, key) for key, (count, last) in reads.items()])
-            results: list[Any] = []
-            log: list[tuple[str, str, str, float]] = []
-            wall = time.time()
-            for op_type, group in itertools.groupby(ops, key=type):
-                members = list(group)
-                puts = [op for op in members if isinstance(op, Put)]
-                if op_type is Put:
-                    db.executemany(UPSERT_ENTRY, [_entry_row(put) for put in puts])
-                    results.extend(None for _ in puts)
-                    log.extend((self._origin, "key", put.key, wall) for put in puts)
-                else:
-                    for op in members:
-                        results.append(self._apply(db, op))
-                        log.extend(_log_rows(op, self._origin, wall))
-            if log:
-                db.executemany(LOG_CHANGE, log)
-            written = {op.key for op in ops if isinstance(op, Put)}
-            expired, evicted = self._evict_if_over(db, now, written) if written else (0, 0)
-            db.commit()
+            plan = _plan.write_batch(
+                ops, reads, now=now, origin=self._origin, max_bytes=self.max_bytes, strategy=self._strategy
+            )
+            result = _plan.run(plan, functools.partial(_execute, db))
+            db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.rollback()
             raise
-        return WriteResult(results, evicted=evicted, expired=expired)
+        return result
 
-    def _apply(self, db: sqlite3.Connection, op: WriteOp) -> Any:
-        if isinstance(op, Remove):
-            rows = db.execute(DELETE_KEYS, (orjson.dumps(op.keys).decode(),)).fetchall()
-        elif isinstance(op, RemoveTag):
-            rows = db.execute(DELETE_TAG, (op.tag,)).fetchall()
-        elif isinstance(op, RemovePattern):
-            upper = prefix_successor(op.prefix) if op.prefix else None
-            if upper is None:
-                rows = db.execute(DELETE_PATTERN_ANYWHERE, (op.pattern,)).fetchall()
-            else:
-                rows = db.execute(DELETE_PATTERN_IN_RANGE, (op.prefix, upper, op.pattern)).fetchall()
-        elif isinstance(op, RemoveAll):
-            rows = db.execute(DELETE_ALL).fetchall()
-        elif isinstance(op, PurgeExpired):
-            return len(db.execute(DELETE_EXPIRED, (op.now, op.limit)).fetchall())
-        elif isinstance(op, FlushReads):
-            return None
-        elif isinstance(op, TrimLog):
-            db.execute(TRIM_LOG, (op.before,))
-            return None
-        else:
-            raise TypeError(f"unknown write operation {op!r}")
-        return [Removed(key, expires_at) for key, expires_at in rows]
+    def _checkpoint_if_due(self) -> None:
+        """Start a passive checkpoint in the worker when the WAL has grown past its limit."""
+        if self._checkpointing:
+            return
+        try:
+            wal_bytes = os.stat(f"{self.path}-wal").st_size
+        except FileNotFoundError:
+            return
+        if wal_bytes > CHECKPOINT_WAL_BYTES:
+            self._checkpointing = True
+            self._worker_thread.submit(self._checkpoint)
 
-    def _evict_if_over(self, db: sqlite3.Connection, now: float, written: set[str]) -> tuple[int, int]:
-        """Bring the bytes back under `max_bytes`: expired entries first, then the strategy's
-        victims, never an entry written in this batch. Returns (expired, evicted) counts."""
-        excess = db.execute(READ_SIZE).fetchone()[1] - self.max_bytes
-        expired = evicted = 0
-        while excess > 0:
-            freed = [size for (size,) in db.execute(DELETE_EXPIRED, (now, 64)).fetchall()]
-            if not freed:
-                break
-            expired += len(freed)
-            excess -= sum(freed)
-        for victims_sql in self._victim_queries():
-            while excess > 0:
-                candidates = db.execute(victims_sql, (len(written) + 32,)).fetchall()
-                chosen = []
-                for entry_id, key, size in candidates:
-                    if key not in written:
-                        chosen.append(entry_id)
-                        excess -= size
-                        if excess <= 0:
-                            break
-                if not chosen:
-                    break
-                db.execute(DELETE_IDS, (orjson.dumps(chosen).decode(),))
-                evicted += len(chosen)
-        return expired, evicted
+    def _checkpoint(self) -> None:
+        try:
+            if self._worker is not None:
+                self._worker.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as error:  # busy or failing: the next commit tries again
+            logger.debug("sqlcache: checkpoint of %s deferred: %s", self.path, error)
+        finally:
+            self._checkpointing = False
 
-    def _victim_queries(self) -> list[str]:
-        if self._strategy is InvalidationStrategy.TTL:
-            # Entries that never expire come after every entry that does, oldest written first.
-            return [VICTIMS[InvalidationStrategy.TTL], VICTIMS[InvalidationStrategy.FIFO]]
-        return [VICTIMS[self._strategy]]
+    async def _in_worker(self, function: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._worker_thread, function, *args)
 
 
-def _entry_row(op: Put) -> tuple[Any, ...]:
-    size = len(op.key.encode()) + len(op.data)
-    tags = orjson.dumps(op.tags).decode() if op.tags else "[]"
-    return (op.key, op.data, op.codec, size, tags, op.created_at, op.expires_at)
+def _execute(db: sqlite3.Connection, query: _plan.Query) -> list[Any]:
+    sql = STATEMENTS[query.name]
+    if query.many:
+        db.executemany(sql, query.params)
+        return []
+    return db.execute(sql, query.params).fetchall()
 
 
-def _log_rows(op: WriteOp, origin: str, wall: float) -> list[tuple[str, str, str, float]]:
-    if isinstance(op, Remove):
-        return [(origin, "key", key, wall) for key in op.keys]
-    if isinstance(op, RemoveTag):
-        return [(origin, "tag", op.tag, wall)]
-    if isinstance(op, RemovePattern):
-        return [(origin, "pattern", op.pattern, wall)]
-    if isinstance(op, RemoveAll):
-        return [(origin, "clear", "", wall)]
-    return []  # purges and log trims change no live value
-
-
-def _opened(connection: aiosqlite.Connection | None) -> aiosqlite.Connection:
+def _opened(connection: sqlite3.Connection | None) -> sqlite3.Connection:
     if connection is None:
         raise CacheError("the cache database is closed")
     return connection
-
-
-def _tags(text: str) -> tuple[str, ...]:
-    return () if text == "[]" else tuple(orjson.loads(text))
 
 
 def _is_damage(error: sqlite3.DatabaseError) -> bool:
@@ -500,9 +522,15 @@ def _is_damage(error: sqlite3.DatabaseError) -> bool:
     return name in ("SQLITE_CORRUPT", "SQLITE_NOTADB", "") or "malformed" in str(error)
 
 
+def _is_busy(error: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED (Python 3.10 has no `sqlite_errorname`: read the message)."""
+    name = getattr(error, "sqlite_errorname", "")
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in str(error)
+
+
 def _translate(error: sqlite3.Error, path: Path, busy_timeout: float) -> Exception:
     name = getattr(error, "sqlite_errorname", "")
-    if name.startswith("SQLITE_BUSY") or name.startswith("SQLITE_LOCKED") or "locked" in str(error):
+    if _is_busy(error):
         return CacheBusyError(f"{path} stayed locked by another process for over {busy_timeout:g}s: {error}")
     if name.startswith("SQLITE_FULL"):
         return StorageError(f"disk full while writing {path}: {error}")

@@ -8,7 +8,6 @@ by offering the same few coroutines.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple, Protocol, Sequence, Union
 
@@ -31,7 +30,12 @@ class Removed(NamedTuple):
 
 @dataclass(frozen=True)
 class Put:
-    """Insert or replace one entry (value, expiry and tags)."""
+    """Insert or replace one entry (value, expiry and tags).
+
+    With `unless_changed_since` (a log position), the put is skipped if any change that could
+    touch this key was logged after that position: a loader's result never overwrites a newer
+    set, delete or invalidation (see `changed_since` in `_plan`).
+    """
 
     key: str
     data: bytes
@@ -39,13 +43,16 @@ class Put:
     tags: tuple[str, ...]
     created_at: float
     expires_at: float | None
+    unless_changed_since: int | None = None
 
 
 @dataclass(frozen=True)
 class Remove:
-    """Delete these keys."""
+    """Delete these keys (conditionally, like `Put`, when `unless_changed_since` is given)."""
 
     keys: tuple[str, ...]
+    unless_changed_since: int | None = None
+    tags: tuple[str, ...] = ()  # the tags a conditional removal's key is about to carry in memory
 
 
 @dataclass(frozen=True)
@@ -79,15 +86,9 @@ class FlushReads:
     """Write nothing but the pending read statistics that ride along with every batch."""
 
 
-@dataclass(frozen=True)
-class TrimLog:
-    """Forget invalidation-log rows written before `before` (wall-clock seconds)."""
-
-    before: float
-
-
-WriteOp = Union[Put, Remove, RemoveTag, RemovePattern, RemoveAll, PurgeExpired, FlushReads, TrimLog]
-"""Results: `Put`, `FlushReads` and `TrimLog` -> None; removals -> list[Removed]; `PurgeExpired` -> int."""
+WriteOp = Union[Put, Remove, RemoveTag, RemovePattern, RemoveAll, PurgeExpired, FlushReads]
+"""Results: `Put` -> True; removals -> list[Removed]; a skipped conditional `Put` or `Remove`
+-> None; `PurgeExpired` -> int; `FlushReads` -> None."""
 
 
 ReadCounts = Sequence[float]
@@ -99,25 +100,32 @@ class WriteResult:
     results: list[Any]
     evicted: int
     expired: int
+    seq: int
+    """The log position after this batch: every change logged later has a greater one."""
 
 
 class Change(NamedTuple):
     """One row of the invalidation log written by another process."""
 
+    seq: int
     kind: str  # 'key', 'tag', 'pattern' or 'clear'
     arg: str  # the key, tag or pattern ('' for clear)
 
 
 @dataclass(frozen=True)
 class Changes:
-    """What other processes changed since the last look; `complete` False means rows were lost."""
+    """What other processes changed since the last look; `complete` False means rows were lost
+    (or the database was replaced), so nothing held in memory can be trusted."""
 
     changes: list[Change]
     complete: bool
 
 
 class Store(Protocol):
-    """What `CacheManager` needs of a disk tier."""
+    """What `CacheManager` needs of a disk tier.
+
+    One write at a time: the manager's `GroupCommitter` never overlaps two `write` calls.
+    """
 
     async def open(self) -> None: ...
 
@@ -127,60 +135,53 @@ class Store(Protocol):
 
     async def write(self, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float) -> WriteResult: ...
 
-    async def changes(self) -> Changes | None: ...
+    async def changes(self) -> Changes | None:
+        """Other processes' changes since the last call; None (at once) when there are none."""
+
+    async def log_position(self) -> int:
+        """The newest log position: a change committed after this call is logged after it."""
 
     async def size(self) -> tuple[int, int]: ...
 
 
-_META = frozenset(".^$*+?{}[]\\|()")
-_QUANTIFIERS = frozenset("*+?{")
+try:  # the parser `re.compile` itself uses, so the prefix follows Python's own reading of a pattern
+    from re import _constants as _regex_ops, _parser as _regex_parser  # Python 3.11+
+except ImportError:  # Python 3.10
+    import sre_constants as _regex_ops  # type: ignore[no-redef]
+    import sre_parse as _regex_parser  # type: ignore[no-redef]
 
 
 def literal_prefix(pattern: str) -> str:
     """The literal text every string `re.match`-ing `pattern` starts with ('' if unknown).
 
-    Conservative: it stops at the first metacharacter, drops a character a quantifier follows,
-    and gives up on case-insensitive or verbose patterns and on a top-level alternation.
+    Read from Python's regex parser, so comments `(?#...)`, verbose groups `(?x:...)` and escapes
+    mean what they mean to `re`. Conservative: it takes the leading literals (descending into
+    groups that are not repeated), stops at the first anything else, and gives up on a
+    case-insensitive pattern or group.
     """
-    compiled = re.compile(pattern)
-    if compiled.flags & (re.IGNORECASE | re.VERBOSE) or _has_top_level_alternation(pattern):
+    parsed = _regex_parser.parse(pattern)
+    if parsed.state.flags & _regex_ops.SRE_FLAG_IGNORECASE:
         return ""
-    end = 0
-    while end < len(pattern) and pattern[end] not in _META:
-        end += 1
-    if end < len(pattern) and pattern[end] in _QUANTIFIERS:
-        end -= 1
-    return pattern[: max(end, 0)]
+    items = list(parsed)
+    if items and items[0] == (_regex_ops.AT, _regex_ops.AT_BEGINNING):
+        items = items[1:]  # `^` at the start adds nothing to re.match's anchoring
+    return _leading_literals(items)[0]
 
 
-def _has_top_level_alternation(pattern: str) -> bool:
-    depth, index = 0, 0
-    while index < len(pattern):
-        char = pattern[index]
-        if char == "\\":
-            index += 1  # the escaped character is literal
-        elif char == "[":
-            index = _end_of_class(pattern, index)
-        elif char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-        elif char == "|" and depth == 0:
-            return True
-        index += 1
-    return False
-
-
-def _end_of_class(pattern: str, start: int) -> int:
-    """Index of the `]` closing the character class opened at `start` (`[]...]`, `[^]...]` included)."""
-    index = start + 1
-    if index < len(pattern) and pattern[index] == "^":
-        index += 1
-    if index < len(pattern) and pattern[index] == "]":
-        index += 1
-    while index < len(pattern) and pattern[index] != "]":
-        index += 2 if pattern[index] == "\\" else 1
-    return index
+def _leading_literals(items: Sequence[Any]) -> tuple[str, bool]:
+    """(the literal text `items` start with, whether that text is all of them)."""
+    prefix = []
+    for op, argument in items:
+        if op is _regex_ops.LITERAL:
+            prefix.append(chr(argument))
+        elif op is _regex_ops.SUBPATTERN and not argument[1] & _regex_ops.SRE_FLAG_IGNORECASE:
+            inner, whole = _leading_literals(argument[-1])
+            prefix.append(inner)
+            if not whole:
+                return "".join(prefix), False
+        else:
+            return "".join(prefix), False
+    return "".join(prefix), True
 
 
 def prefix_successor(prefix: str) -> str | None:

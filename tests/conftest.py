@@ -37,5 +37,18 @@ def http_server():
     server.stop()
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--stress-minutes",
+        type=float,
+        default=None,
+        help="run the load of tests/test_stress.py for this many minutes (default: a CI run of about 13 s)",
+    )
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "stress: the multi-process stress test with a history checker (tests/test_stress.py)")
+
+
 # A real PostgreSQL server (session) and a fresh database per test: tests/pg_server.py.
 from pg_server import pg_url, postgres_server  # noqa: E402,F401

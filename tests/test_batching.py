@@ -77,7 +77,7 @@ async def test_writes_submitted_during_a_commit_share_the_next_and_apply_in_orde
     assert memory == ["A", "B", "C", "D"]  # after_commit ran in submission order
 
 
-async def test_a_failed_transaction_fails_every_write_in_it_and_a_cancelled_caller_still_commits():
+async def test_a_store_failure_fails_every_write_in_it_and_a_cancelled_caller_still_commits():
     calls = 0
     committed: list[str] = []
 
@@ -89,7 +89,7 @@ async def test_a_failed_transaction_fails_every_write_in_it_and_a_cancelled_call
             raise RuntimeError("disk full")
         return list(ops)
 
-    committer = GroupCommitter(apply)
+    committer = GroupCommitter(apply, alone_may_pass=lambda error: False)
     cancelled = asyncio.ensure_future(committer.submit("kept", committed.append))
     await asyncio.sleep(0)
     cancelled.cancel()
@@ -102,3 +102,29 @@ async def test_a_failed_transaction_fails_every_write_in_it_and_a_cancelled_call
     for write in batch:
         with pytest.raises(RuntimeError, match="disk full"):
             await write
+
+
+async def test_one_bad_write_fails_alone_and_the_others_in_its_batch_commit():
+    applied: list[list[str]] = []
+
+    async def apply(ops):
+        applied.append(list(ops))
+        await asyncio.sleep(0)
+        if "bad" in ops:
+            raise ValueError("cannot bind")
+        return [op.upper() for op in ops]
+
+    def after_commit(result):
+        if result == "BOOM":
+            raise KeyError("after_commit failed")
+        return result
+
+    committer = GroupCommitter(apply)
+    blocker = asyncio.ensure_future(committer.submit("first"))
+    await asyncio.sleep(0)
+    batch = [asyncio.ensure_future(committer.submit(op, after_commit)) for op in ("ok", "bad", "boom", "fine")]
+    assert await blocker == "FIRST"
+    results = await asyncio.gather(*batch, return_exceptions=True)
+    assert results[0] == "OK" and results[3] == "FINE"
+    assert isinstance(results[1], ValueError) and isinstance(results[2], KeyError)
+    assert applied == [["first"], ["ok", "bad", "boom", "fine"], ["ok"], ["bad"], ["boom"], ["fine"]]

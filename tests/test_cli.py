@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from sqlcache import CacheManager
+from sqlcache._sqlite import LATEST_SCHEMA
 from sqlcache._pool import ResourcePool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,13 +29,17 @@ CANDLES = [[1_700_000_000 + 60 * i, 100.0 + i, 101.0 + i, 99.0 + i, 100.5 + i, 1
 BIG_BOOK = {"bids": [[100 - i / 10, 1.0] for i in range(200)], "asks": [[100 + i / 10, 1.0] for i in range(200)]}
 
 
+def cli_env() -> dict[str, str]:
+    """The environment of a `python -m sqlcache` child: this checkout first on the path."""
+    paths = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
 def sqlcache(*args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run `python -m sqlcache ARGS` in a fresh process, as a user would."""
-    paths = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     return subprocess.run(
         [sys.executable, "-m", "sqlcache", *args],
-        input=stdin, capture_output=True, text=True, timeout=60, cwd=cwd, env=env,
+        input=stdin, capture_output=True, text=True, timeout=60, cwd=cwd, env=cli_env(),
     )
 
 
@@ -52,6 +57,18 @@ def assert_clean_failure(result: subprocess.CompletedProcess[str], code: int, me
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def digests(directory: Path) -> dict[str, str]:
+    """The checksum of every file in a directory: what "changed nothing" means."""
+    return {item.name: digest(item) for item in sorted(directory.iterdir()) if item.is_file()}
+
+
+def data_digests(directory: Path) -> dict[str, str]:
+    """The checksums of the files holding data: not the -shm index, which any reader may create
+    (as may an empty -wal), nor the lock file."""
+    return {name: value for name, value in digests(directory).items()
+            if not name.endswith(("-shm", ".lock")) and (directory / name).stat().st_size > 0}
 
 
 async def fill(directory: Path) -> None:
@@ -367,3 +384,232 @@ def test_readme_query(debugged_cache: Path, title: str) -> None:
         connection.row_factory = sqlite3.Row
         result = [dict(row) for row in connection.execute(readme_queries()[title])]
     EXPECTATIONS[title](result)
+
+
+# ---------------------------------------------------------------- edges (issues 10 and 13)
+
+
+def test_version_prints_the_package_version() -> None:
+    import sqlcache as package
+
+    result = sqlcache("--version")
+    assert (result.returncode, result.stdout) == (0, f"sqlcache {package.__version__}\n")
+
+
+@pytest.mark.parametrize("command", [
+    ["get", "market_data:\xff"], ["keys", "--tag", "\xff"], ["keys", "--pattern", "market_data:\xfe"],
+    ["invalidate", "--tag", "BTC\xff", "--yes"], ["invalidate", "--pattern", "\xff.*", "--yes"],
+    ["sql", "SELECT '\xff'"],
+])
+def test_arguments_that_are_not_utf8_are_usage_errors(cache: Path, command: list[str]) -> None:
+    before = data_digests(cache)
+    # Each "\xNN" above stands for the raw byte NN: os.fsdecode/fsencode make subprocess pass it
+    # as that byte in argv, as a shell would pass a file name or a paste in a Latin-1 terminal.
+    raw = [os.fsdecode(word.encode("latin-1")) for word in command]
+    result = sqlcache("--dir", str(cache), *raw)
+    assert_clean_failure(result, 2, "is not UTF-8 text")
+    assert len(result.stderr.splitlines()) == 1
+    assert data_digests(cache) == before
+
+
+async def test_a_directory_name_that_is_not_utf8_works(tmp_path: Path) -> None:
+    strange = tmp_path / os.fsdecode(b"cache-\xff")  # a file name may hold any bytes
+    await fill(strange)
+    terminal = {**cli_env(), "PYTHONIOENCODING": "utf-8:strict"}  # as in a UTF-8 terminal locale
+    result = subprocess.run([sys.executable, "-m", "sqlcache", "--dir", str(strange), "stats", "--json"],
+                            capture_output=True, timeout=60, env=terminal)
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout.decode("utf-8", "surrogateescape"))  # the name's bytes, printed back
+    assert (stats["db_path"], stats["entries"]) == (str(strange / "sqlcache.db"), 6)
+
+
+@pytest.mark.parametrize("statement", [
+    "PRAGMA journal_mode=DELETE", "PRAGMA main.journal_mode = WAL", "PRAGMA user_version=5",
+    "PRAGMA query_only = OFF", "PRAGMA wal_checkpoint(TRUNCATE)", "VACUUM", "ATTACH ':memory:' AS other",
+])
+def test_sql_refuses_writing_pragmas_with_the_read_only_message(cache: Path, statement: str) -> None:
+    before = data_digests(cache)
+    refused = sqlcache("--dir", str(cache), "sql", statement)
+    assert_clean_failure(refused, 4, "opens the database read-only")
+    assert "nothing was changed" in refused.stderr
+    assert data_digests(cache) == before
+
+
+def test_sql_still_reads_pragmas(cache: Path) -> None:
+    assert as_json(sqlcache("--dir", str(cache), "sql", "PRAGMA user_version", "--json")) == [{"user_version": LATEST_SCHEMA}]
+    columns = as_json(sqlcache("--dir", str(cache), "sql", "PRAGMA table_info(entries)", "--json"))
+    assert "key" in [column["name"] for column in columns]
+    assert as_json(sqlcache("--dir", str(cache), "sql", "PRAGMA journal_mode", "--json")) == [{"journal_mode": "wal"}]
+
+
+def test_sql_invalid_regexp_says_why(cache: Path) -> None:
+    result = sqlcache("--dir", str(cache), "sql", "SELECT key FROM cache_entries WHERE key REGEXP '('")
+    assert_clean_failure(result, 4, "invalid regex '(' in REGEXP: missing ), unterminated subpattern")
+    assert "user-defined function" not in result.stderr
+
+
+@pytest.mark.parametrize("statement", ["", "   \n\t", "-- only a comment", "/* a comment */ ;", ";"])
+def test_sql_without_a_statement_is_a_usage_error(cache: Path, statement: str) -> None:
+    assert_clean_failure(sqlcache("--dir", str(cache), "sql", statement), 2, "no SQL statement")
+
+
+def drop_root_privilege() -> None:
+    """In the child: without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, root obeys file modes too."""
+    if os.geteuid() == 0:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+            if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP, effective from the exec
+                os._exit(99)
+
+
+def unprivileged(*args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "sqlcache", *args], capture_output=True, text=True, timeout=60,
+        env=cli_env(), preexec_fn=drop_root_privilege,
+    )
+    if result.returncode == 99:
+        pytest.skip("cannot drop the capabilities that let root ignore file modes")
+    return result
+
+
+def test_permission_problems_say_what_cannot_be_opened(cache: Path) -> None:
+    db = cache / "sqlcache.db"
+    (cache / "sqlcache.lock").unlink()
+    before = data_digests(cache)
+    try:
+        db.chmod(0o444)
+        result = unprivileged("--dir", str(cache), "purge")
+        assert_clean_failure(result, 3, f"cannot open {db} for writing: Permission denied")
+        assert "cannot create" not in result.stderr
+        db.chmod(0)
+        assert_clean_failure(unprivileged("--dir", str(cache), "stats"), 3, f"cannot read {db}: Permission denied")
+        db.chmod(0o644)
+        cache.chmod(0o555)  # the file is writable, the directory (for the lock file) is not
+        result = unprivileged("--dir", str(cache), "invalidate", "--tag", "BTC", "--yes")
+        assert_clean_failure(result, 3, "Permission denied")
+        assert str(cache) in result.stderr and len(result.stderr.splitlines()) == 1
+    finally:
+        cache.chmod(0o755)
+        db.chmod(0o644)
+    assert data_digests(cache) == before
+
+
+ISO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+TIME_FIELDS = {"created_at", "expires_at", "accessed_at", "last_run", "next_run", "last_success", "last_error_at",
+               "lease_until", "next_expiry", "last_write"}
+BOOLEAN_FIELDS = {"expired", "enabled", "ok"}
+
+
+def strict_json(text: str):
+    """json.loads that refuses NaN and Infinity, which are not JSON."""
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def assert_consistent(data, path: str = "") -> None:
+    """Booleans as booleans, tag lists as arrays, times as ISO-8601 UTC text, all the way down."""
+    if isinstance(data, list):
+        for i, item in enumerate(data):
+            assert_consistent(item, f"{path}[{i}]")
+    elif isinstance(data, dict):
+        for name, value in data.items():
+            where = f"{path}.{name}"
+            if name in BOOLEAN_FIELDS:
+                assert isinstance(value, bool), where
+            elif name == "tags" and not isinstance(value, int):  # `stats` counts tags
+                assert isinstance(value, list) and all(isinstance(tag, str) for tag in value), where
+            elif name in TIME_FIELDS:
+                assert value is None or ISO_TIME.match(value), (where, value)
+            assert_consistent(value, where)
+
+
+async def test_every_command_prints_strict_and_consistent_json(cache: Path) -> None:
+    async with ResourcePool(CacheManager({"disk_cache_dir": cache})) as pool:
+        await pool.cache_set("odd:floats", {"nan": float("nan"), "inf": float("inf")}, 600, tags=["odd"])
+        pool.register_preload_task("btc", lambda: {"price": 1}, 60, cache_key="market_data:BTC:price", tags=["BTC"])
+        assert await pool.run_preload_task_now("btc")
+    where = ["--dir", str(cache)]
+    commands = {
+        "stats": ["stats"], "keys": ["keys"], "get": ["get", "market_data:BTC:1m"], "tags": ["tags"],
+        "tasks": ["tasks"], "check": ["check"], "nan": ["get", "odd:floats"],
+        "sql": ["sql", "SELECT 1e999 AS infinite, -1e999 AS negative, key FROM cache_entries"],
+        "invalidate": ["invalidate", "--tag", "ETH", "--yes"], "purge": ["purge"], "vacuum": ["vacuum"],
+    }
+    outputs = {}
+    for name, command in commands.items():
+        result = sqlcache(*where, *command, "--json")
+        assert result.returncode == 0, (name, result.stderr)
+        outputs[name] = strict_json(result.stdout)
+        if name != "sql":  # `sql` prints SQLite's own values, as its help says
+            assert_consistent(outputs[name])
+    assert outputs["nan"]["value"] == {"nan": None, "inf": None}
+    assert outputs["sql"][0]["infinite"] is None and outputs["sql"][0]["negative"] is None
+    assert outputs["tasks"][0]["tags"] == ["BTC"] and outputs["tasks"][0]["enabled"] is True
+    assert outputs["check"]["ok"] is True
+    helped = sqlcache("keys", "--help").stdout
+    assert "true/false" in helped and "ISO-8601" in helped and "null" in helped
+
+
+def break_counters(db: sqlite3.Connection) -> None:
+    db.execute("UPDATE counters SET bytes = bytes + 7")
+
+
+def drop_counters(db: sqlite3.Connection) -> None:
+    db.execute("DELETE FROM counters")
+
+
+def break_size(db: sqlite3.Connection) -> None:
+    db.execute("UPDATE entries SET size = size + 1 WHERE key = ?", ("raw:frame",))
+    db.execute("UPDATE counters SET bytes = (SELECT sum(size) FROM entries)")  # with or without triggers
+
+
+def drop_access_row(db: sqlite3.Connection) -> None:
+    db.execute("DELETE FROM access WHERE entry_id = (SELECT id FROM entries WHERE key = ?)", ("raw:frame",))
+
+
+def add_orphan_access_row(db: sqlite3.Connection) -> None:
+    db.execute("INSERT INTO access (entry_id, accessed_at, access_count) VALUES (999999, 0, 0)")
+
+
+def drop_tag_row(db: sqlite3.Connection) -> None:
+    db.execute("DELETE FROM tags WHERE tag = ?", ("BTC",))
+
+
+def add_tag_row(db: sqlite3.Connection) -> None:
+    db.execute("INSERT INTO tags (tag, entry_id) SELECT ?, id FROM entries WHERE key = ?", ("bogus", "raw:frame"))
+
+
+@pytest.mark.parametrize("damage, failing", [
+    (break_counters, "counters match entries"),
+    (drop_counters, "counters match entries"),
+    (break_size, "sizes match keys and values"),
+    (drop_access_row, "every entry has access statistics"),
+    (add_orphan_access_row, "no orphan access statistics"),
+    (drop_tag_row, "tag index has every entry tag"),
+    (add_tag_row, "tag index has nothing else"),
+])
+def test_check_finds_each_broken_invariant(cache: Path, damage, failing: str) -> None:
+    with contextlib.closing(sqlite3.connect(cache / "sqlcache.db", isolation_level=None)) as connection:
+        damage(connection)
+    report = sqlcache("--dir", str(cache), "check", "--json")
+    assert report.returncode == 1, report.stderr
+    assert [check["check"] for check in strict_json(report.stdout)["checks"] if not check["ok"]] == [failing]
+
+
+async def test_check_compares_tags_holding_nul_exactly(cache_dir: Path) -> None:
+    async with CacheManager({"disk_cache_dir": cache_dir}) as manager:
+        await manager.set("grp:1", 1, 600, tags=["grp", "grp\x00A"])
+    db = cache_dir / "sqlcache.db"
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as connection:
+        # The tag index as it must be: one row per tag, whole (what json_each would cut at the NUL).
+        connection.execute("DELETE FROM tags")
+        connection.executemany("INSERT INTO tags (tag, entry_id) SELECT ?, id FROM entries", [("grp",), ("grp\x00A",)])
+    healthy = sqlcache("--dir", str(cache_dir), "check")
+    assert healthy.returncode == 0, healthy.stdout
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as connection:
+        connection.execute("DELETE FROM tags WHERE tag = ?", ("grp\x00A",))  # only the cut "grp" is left
+    report = strict_json(sqlcache("--dir", str(cache_dir), "check", "--json").stdout)
+    assert [check["check"] for check in report["checks"] if not check["ok"]] == ["tag index has every entry tag"]

@@ -19,7 +19,7 @@ from sqlcache import (
     SchemaVersionError,
     StorageError,
 )
-from sqlcache._store import TrimLog
+from sqlcache import _plan
 
 
 def config(cache_dir, **extra) -> dict:
@@ -116,8 +116,9 @@ async def test_a_full_disk_fails_the_set_and_keeps_everything_committed(cache_di
         for i in range(20):
             await cache.set(f"k{i}", "v" * 100)
         # SQLite reports a full disk and a reached max_page_count alike (SQLITE_FULL).
-        pages = (await cache._store._writer.execute_fetchall("PRAGMA page_count"))[0][0]
-        await cache._store._writer.execute_fetchall(f"PRAGMA max_page_count = {pages}")
+        pages = cache._store._writer.execute("PRAGMA page_count").fetchone()[0]
+        for connection in (cache._store._writer, cache._store._worker):
+            connection.execute(f"PRAGMA max_page_count = {pages}")
         with pytest.raises(StorageError, match="full"):
             await asyncio.gather(*(cache.set(f"big{i}", "x" * 50_000) for i in range(4)))
         assert await cache.get("big0") is None
@@ -174,19 +175,19 @@ async def test_the_background_purge_removes_expired_rows(cache_dir, clock):
 async def test_durability_full_makes_every_commit_fsync(cache_dir):
     async with CacheManager(config(cache_dir, durability="full")) as cache:
         await cache.set("k", 1)
-        assert (await cache._store._writer.execute_fetchall("PRAGMA synchronous"))[0][0] == 2  # FULL
+        assert cache._store._worker.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     async with CacheManager(config(cache_dir)) as cache:
         await cache.set("k", 1)
-        assert (await cache._store._writer.execute_fetchall("PRAGMA synchronous"))[0][0] == 1  # NORMAL
+        assert cache._store._writer.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
 
 
-async def test_a_process_that_missed_trimmed_log_rows_empties_its_memory_tier(cache_dir):
+async def test_a_process_that_missed_trimmed_log_rows_empties_its_memory_tier(cache_dir, monkeypatch):
     settings = config(cache_dir, sync_interval=0.05)
     async with CacheManager(settings) as reader, CacheManager(settings) as writer:
         await writer.set("k", "old")
         assert await reader.get("k") == "old"  # now in the reader's memory tier
+        monkeypatch.setattr(_plan, "LOG_KEEP_ROWS", 1)  # each write keeps only the newest row
         await writer.set("k", "new")
         await writer.set("other", 1)
-        await writer._committer.submit(TrimLog(before=time.time() + 3600))  # all but the newest row
         await asyncio.sleep(0.06)  # the reader's sync interval, a real-time bound
         assert await reader.get("k") == "new"  # it could not know what it missed, so it forgot all

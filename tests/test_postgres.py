@@ -265,7 +265,7 @@ async def test_changes_makes_no_round_trip_until_another_host_writes(pg_url):
             if changes is not None:
                 break
             await asyncio.sleep(0.01)
-        assert changes.complete and [tuple(change) for change in changes.changes] == [("key", "k"), ("tag", "t")]
+        assert changes.complete and [(kind, arg) for _, kind, arg in changes.changes] == [("key", "k"), ("tag", "t")]
         await asyncio.sleep(0.1)
         await store.changes()  # reads once more if the second notification came during the first read
         calls.clear()
@@ -425,42 +425,36 @@ async def test_an_unreachable_or_refusing_server_names_the_host_and_never_the_pa
 
 
 async def test_the_preloader_statements_run_on_postgresql_and_one_host_gets_the_lease(pg_url):
-    from sqlcache import _postgres_preload as on_postgres
-    from sqlcache import _preloader as on_sqlite
+    from sqlcache import _postgres_preload as sql
 
     async with CacheManager({"disk_cache_url": pg_url}) as first, CacheManager({"disk_cache_url": pg_url}) as second:
         hosts = [first._store.preloader_database(), second._store.preloader_database()]
         definition = {"name": "prices", "enabled": True, "interval": 60.0, "timeout": 10.0,
                       "cache_key": "prices", "cache_ttl": None, "tags": '["market"]'}
-        await asyncio.gather(*(host.fetch(on_sqlite.REGISTER_TASK, definition) for host in hosts))
+        await asyncio.gather(*(host.fetch(sql.REGISTER_TASK, definition) for host in hosts))
         claims = await asyncio.gather(*(
-            host.fetch(on_postgres.CLAIM_TASK, {"name": "prices", "owner": f"host{i}", "now": 100.0,
-                                                "lease_until": 200.0, "force": False})
+            host.fetch(sql.CLAIM_TASK, {"owner": f"host{i}", "lease": 30.0, "name": "prices", "force": False, "now": 100.0})
             for i, host in enumerate(hosts)
         ))
         assert sorted(len(rows) for rows in claims) == [0, 1]
-        owner = f"host{[len(rows) for rows in claims].index(1)}"
-        assert await hosts[0].fetch(on_sqlite.READ_SCHEDULE, ("prices",)) == [(True, None, 200.0)]
-        await hosts[1].fetch(on_postgres.FINISH_RUN, {"name": "prices", "owner": owner, "started": 100.0,
-                                                      "finished": 101.5, "duration": 1.5, "error": None,
-                                                      "next_run": 160.0})
-        await hosts[1].fetch(on_postgres.FINISH_RUN, {"name": "prices", "owner": "nobody", "started": 102.0,
-                                                      "finished": 103.0, "duration": 1.0, "error": "boom",
-                                                      "next_run": 999.0})
-        [row] = await hosts[0].fetch(on_postgres.READ_TASKS, ('["prices", "other"]',))
-        assert row[0] == "prices" and row[7:13] == (2, 1, 1, 102.0, 101.5, "boom") and row[15:] == (160.0, None, None)
-        await hosts[0].fetch(on_sqlite.SET_ENABLED, (False, "prices"))
-        await hosts[0].fetch(on_sqlite.RELEASE_LEASES, ("host0",))
+        winner = [len(rows) for rows in claims].index(1)
+        owner, [(failures, lease_until)] = f"host{winner}", claims[winner]
+        assert failures == 0 and abs(lease_until - time.time() - 30) < 5  # on the server's clock
+        [(enabled, next_run, lease_left)] = await hosts[0].fetch(sql.READ_SCHEDULE, ("prices",))
+        assert enabled is True and next_run is None and 25 < lease_left <= 30
+        assert len(await hosts[1].fetch(sql.RENEW_LEASE, {"lease": 60.0, "name": "prices", "owner": owner})) == 1
+        assert await hosts[1].fetch(sql.RENEW_LEASE, {"lease": 60.0, "name": "prices", "owner": "nobody"}) == []
+        run = {"name": "prices", "started": 100.0, "finished": 101.5, "duration": 1.5, "next_run": 160.0}
+        await hosts[1].fetch(sql.FINISH_RUN, {**run, "owner": owner, "error": None})
+        await hosts[1].fetch(sql.FINISH_RUN, {**run, "owner": "nobody", "error": "boom", "next_run": 999.0})
+        [row] = await hosts[0].fetch(sql.READ_TASKS, ('["prices", "other"]',))
+        assert row[0] == "prices" and row[7:10] == (2, 1, 1) and row[12] == "boom"
+        assert row[15:] == (160.0, None, None, False)  # next run from the lease holder's finish; no lease
+        await hosts[0].fetch(sql.SET_ENABLED, (False, "prices"))
+        await hosts[0].fetch(sql.CLAIM_TASK, {"owner": "x", "lease": 5.0, "name": "prices", "force": True, "now": 0.0})
+        await hosts[0].fetch(sql.RELEASE_LEASE, {"name": "prices", "owner": "x"})
         [view] = await query(pg_url, "SELECT enabled, last_run, run_count, running_in FROM preload_tasks")
-        assert tuple(view) == (False, "1970-01-01T00:01:42.000Z", 2, None)
-
-
-@pytest.mark.parametrize("durability, setting", [("normal", "off"), ("full", "on")])
-async def test_durability_sets_synchronous_commit_of_the_cache_sessions_only(pg_url, durability, setting):
-    async with CacheManager({"disk_cache_url": pg_url, "durability": durability}) as cache:
-        await cache.set("k", 1)
-        assert await cache._store.run(lambda connection: connection.fetchval("SHOW synchronous_commit"), "read") == setting
-    assert (await query(pg_url, "SHOW synchronous_commit"))[0][0] == "on"  # the server's own default is kept
+        assert tuple(view) == (False, "1970-01-01T00:01:40.000Z", 2, None)
 
 
 async def test_keys_and_tags_compare_in_code_point_order_whatever_the_database_collation(cache, pg_url):
@@ -481,18 +475,20 @@ async def test_every_statement_of_the_store_can_walk_an_index(cache, pg_url):
 
     for i in range(200):
         await cache.set(f"k{i}", i, ttl=i % 2 * 100, tags=[f"t{i % 5}"])
-    statements = [
+    samples = {  # parameters for each statement of the write plan
+        "record_reads": [1, 2e9, "k1"], "upsert_entry": ["k1", b"1", 0, 3, "[]", 1.0, None],
+        "insert_tag": ["t1", 1], "delete_key": ["k1"], "delete_tag": ["t1"], "delete_expired": [2e9, 64],
+        "read_size": [], "victims_lru": [10], "victims_lfu": [10], "victims_fifo": [10], "victims_ttl": [10],
+        "delete_id": [1], "log_changes": ["origin", "key", "k1", 1.0], "read_log_since": [5], "last_seq": [],
+        "trim_log": [5],
+    }
+    assert set(samples) == set(store_sql.STATEMENTS) - {"delete_all"}  # clear deletes every row: no index to use
+    statements = [(store_sql.STATEMENTS[name], args) for name, args in samples.items()] + [
         (store_sql.READ_ONE, ["k1"]),
         (store_sql.READ_MANY, [["k1", "k2"]]),
-        (store_sql.DELETE_KEYS, [["k1", "k2"]]),
-        (store_sql.DELETE_TAG, ["t1"]),
         (store_sql.KEYS_IN_RANGE, ["k1", "k2"]),
         (store_sql.DELETE_IDS, [[1, 2]]),
-        (store_sql.DELETE_EXPIRED, [2e9, 64]),
         (store_sql.READ_CHANGES, [5]),
-        (store_sql.TRIM_LOG, [2e9, 100]),
-        (store_sql.RECORD_READS, [["k1"], [1], [2e9]]),
-        *((sql, [10]) for sql in store_sql.VICTIMS.values()),
     ]
     connection = await asyncpg.connect(pg_url)
     try:
@@ -526,3 +522,27 @@ async def test_the_readmes_debugging_queries_work_in_postgresql_dialect(pg_url):
         FROM cache_entries WHERE key LIKE 'market_data:%' AND NOT expired ORDER BY key""")
     assert [(row["key"], float(row["last_close"])) for row in closes] == [("market_data:BTC:1m", 41.5), ("market_data:ETH:1m", 9.5)]
     assert await query(pg_url, "SELECT name FROM preload_tasks WHERE error_count > 0 ORDER BY error_count DESC") == []
+
+
+@pytest.mark.parametrize("durability, setting", [("normal", "off"), ("full", "on")])
+async def test_durability_sets_synchronous_commit_of_the_cache_sessions_only(pg_url, durability, setting):
+    async with CacheManager({"disk_cache_url": pg_url, "durability": durability}) as cache:
+        await cache.set("k", 1)
+        assert await cache._store.run(lambda connection: connection.fetchval("SHOW synchronous_commit"), "read") == setting
+    assert (await query(pg_url, "SHOW synchronous_commit"))[0][0] == "on"  # the server's own default is kept
+
+
+def test_one_manager_serves_successive_event_loops(pg_url):
+    manager = CacheManager({"disk_cache_url": pg_url})
+
+    async def first() -> None:
+        await manager.set("k", "from the first loop")
+
+    async def second() -> tuple:
+        await manager.set("k2", "from the second loop")
+        found = (await manager.get("k"), await manager.get("k2"), await manager.invalidate_by_tag("none"))
+        await manager.close()
+        return found
+
+    asyncio.run(first())
+    assert asyncio.run(second()) == ("from the first loop", "from the second loop", 0)

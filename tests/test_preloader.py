@@ -5,9 +5,11 @@ no test waits an interval; only the multi-process test runs in real time."""
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -306,6 +308,75 @@ async def test_a_task_never_overlaps_itself_in_this_process_or_another(resource_
         await other.close()
 
 
+async def test_the_lease_follows_the_hosts_clock_not_the_schedules(resource_pool, cache_dir, clock, sleep):
+    slow_loader = GatedLoader("slow value")
+    resource_pool.register_preload_task("slow", slow_loader, 10, cache_key="slow")
+    run = asyncio.create_task(resource_pool.run_preload_task_now("slow"))
+    await slow_loader.entered.wait()
+    other = make_pool(cache_dir, clock, sleep)
+    other.register_preload_task("slow", counting_loader([], clock), 10, cache_key="slow")
+    try:
+        clock.advance(3600)  # the schedule's clock jumps: a live run's lease must not lapse with it
+        assert await other.run_preload_task_now("slow") is False
+        assert (await other.get_preloader_stats())["running_tasks"] == 1
+        slow_loader.gate.set()
+        assert await run is True
+
+        # A process that died mid-run left a lease that lapsed a second ago on the host's clock;
+        # a fake clock standing still (at 2023 here) must not keep it alive.
+        with sqlite3.connect(cache_dir / "sqlcache.db") as db:
+            db.execute("UPDATE preload_task_state SET lease_owner = 'crashed', lease_until = ?", (time.time() - 1,))
+        assert await other.run_preload_task_now("slow") is True
+    finally:
+        await other.close()
+
+
+async def test_a_run_that_lost_its_lease_does_not_store_its_result(resource_pool, cache_dir):
+    late = GatedLoader("late value")
+    await resource_pool.cache_set("prices", "new owner's value")
+    resource_pool.register_preload_task("prices", late, 10, cache_key="prices")
+    run = asyncio.create_task(resource_pool.run_preload_task_now("prices"))
+    await late.entered.wait()
+    with sqlite3.connect(cache_dir / "sqlcache.db") as db:  # as if the lease lapsed and was claimed
+        db.execute("UPDATE preload_task_state SET lease_owner = 'other:1:x', lease_until = ?", (time.time() + 60,))
+    late.gate.set()
+
+    assert await run is False
+    assert await resource_pool.cache_get("prices") == "new owner's value"
+    stats = (await resource_pool.get_preloader_stats())["task_stats"]["prices"]
+    assert stats["last_error"].startswith("lease lost")
+    assert table_rows(cache_dir, "SELECT running_in FROM preload_tasks") == [("other:1:x",)]  # left to its owner
+
+
+async def test_a_plain_function_loader_runs_off_the_event_loop(resource_pool):
+    entered, release = threading.Event(), threading.Event()
+
+    def blocking_fetch(symbol):
+        entered.set()
+        if not release.wait(5):  # set by the event loop below, which must keep running meanwhile
+            raise RuntimeError("the event loop was blocked")
+        return {"symbol": symbol, "price": 42000}
+
+    resource_pool.register_preload_task("blocking", blocking_fetch, 10, args=["BTC"], cache_key="blocking")
+    run = asyncio.create_task(resource_pool.run_preload_task_now("blocking"))
+    assert await asyncio.to_thread(entered.wait, 5)
+    assert (await resource_pool.get_preloader_stats())["running_tasks"] == 1
+    release.set()
+
+    assert await run is True
+    assert await resource_pool.cache_get("blocking") == {"symbol": "BTC", "price": 42000}
+
+
+async def test_a_plain_function_may_return_an_awaitable(resource_pool):
+    async def fetch(symbol):
+        return {"symbol": symbol}
+
+    resource_pool.register_preload_task("lambda", lambda: fetch("ETH"), 10, cache_key="eth")
+
+    assert await resource_pool.run_preload_task_now("lambda") is True
+    assert await resource_pool.cache_get("eth") == {"symbol": "ETH"}
+
+
 # ---------------------------------------------------------------- failures
 
 
@@ -444,26 +515,146 @@ async def test_statistics_are_kept_in_memory_when_the_disk_tier_is_off(clock, sl
 # ---------------------------------------------------------------- several processes
 
 
+class Workers:
+    """Agent processes (tests/preload_worker.py) sharing one task on one cache directory.
+
+    `async with Workers(...) as workers:` starts them and waits until each is ready; the body
+    calls `go()`; leaving waits for them to finish cleanly (or kills them on an error).
+    """
+
+    def __init__(self, cache_dir: Path, count: int, *options: str) -> None:
+        worker = Path(__file__).with_name("preload_worker.py")
+        command = [sys.executable, str(worker), str(cache_dir), *options]
+        self.processes = [
+            subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(count)
+        ]
+
+    async def __aenter__(self) -> "Workers":
+        """Wait until every worker has opened the database and registered the task."""
+        try:
+            for process in self.processes:
+                line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 30)
+                assert line == b"ready\n", process.stderr.read().decode() if process.poll() is not None else line
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    async def __aexit__(self, error_type, error, traceback) -> None:
+        try:
+            if error_type is None:
+                await self.finish()
+        finally:
+            self.kill()
+
+    def go(self) -> None:
+        """Start every worker's preloader at once."""
+        for process in self.processes:
+            process.stdin.write(b"go\n")
+            process.stdin.flush()
+
+    async def finish(self) -> None:
+        for process in self.processes:
+            _, stderr = await asyncio.to_thread(process.communicate, timeout=60)
+            assert process.returncode == 0, stderr.decode()
+
+    def kill(self) -> None:
+        """End any worker still running (the test failed)."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+    @property
+    def pids(self) -> set[int]:
+        return {process.pid for process in self.processes}
+
+
+def logged_runs(run_log: Path) -> list[tuple[float, float, int]]:
+    """The runs in a worker run log as (start, end, pid), by start; a run that never logged its
+    end lasts forever."""
+    starts: dict[int, list[float]] = {}
+    runs = []
+    for line in run_log.read_text().splitlines():
+        kind, pid, at = line.split()
+        if kind == "start":
+            starts.setdefault(int(pid), []).append(float(at))
+        else:
+            runs.append((starts[int(pid)].pop(0), float(at), int(pid)))
+    runs += [(start, math.inf, pid) for pid, left in starts.items() for start in left]
+    return sorted(runs)
+
+
+def assert_one_run_at_a_time(runs: list[tuple[float, float, int]], interval: float) -> None:
+    """No run began before the one before it ended, nor within half an interval of its start."""
+    for (start, end, pid), (next_start, _, next_pid) in zip(runs, runs[1:]):
+        assert next_start >= end, f"run of {next_pid} at {next_start} overlapped that of {pid} {start}..{end}: {runs}"
+        assert next_start - start > 0.5 * interval, f"two runs in one interval: {runs}"
+
+
 async def test_two_processes_sharing_a_task_run_it_once_per_interval_in_all(cache_dir, http_server):
     http_server.script("/shared", Response.json(CANDLES))
-    interval = 0.5
-    start_at = time.time() + 1.5  # both processes have imported sqlcache by then
-    stop_at = start_at + 3.2
-    worker = Path(__file__).with_name("preload_worker.py")
-    command = [sys.executable, str(worker), str(cache_dir), http_server.url("/shared"), str(interval), str(start_at), str(stop_at)]
-    processes = [subprocess.Popen(command, stderr=subprocess.PIPE) for _ in range(2)]
-    for process in processes:
-        _, stderr = await asyncio.to_thread(process.communicate, timeout=30)
-        assert process.returncode == 0, stderr.decode()
+    interval, run_for = 0.5, 3.2
+    options = ["--url", http_server.url("/shared"), "--interval", str(interval), "--run-for", str(run_for)]
+    async with Workers(cache_dir, 2, *options) as workers:
+        workers.go()
 
     hits = http_server.hits("/shared")
     starts = sorted(float(hit.query["started"][0]) for hit in hits)
     gaps = [round(later - earlier, 3) for earlier, later in zip(starts, starts[1:])]
     # Without the lease both processes would run at every interval: twice the requests, in pairs.
-    assert 4 <= len(hits) <= (stop_at - start_at) / interval + 1, gaps
+    assert 4 <= len(hits) <= run_for / interval + 1, gaps
     assert min(gaps) > 0.5 * interval, f"two runs in one interval: {gaps}"
-    assert {hit.query["pid"][0] for hit in hits} <= {str(process.pid) for process in processes}
+    assert {hit.query["pid"][0] for hit in hits} <= {str(pid) for pid in workers.pids}
     assert table_rows(cache_dir, "SELECT run_count, error_count, running_in FROM preload_tasks") == [(len(hits), 0, None)]
+
+
+async def test_a_plain_function_loader_longer_than_any_lease_still_runs_once_in_all_processes(cache_dir, tmp_path):
+    # The first run blocks in time.sleep for 6.5 s: over 6 lease lengths (1 s), and past its
+    # timeout (0.5 s) plus any margin a lease taken once could have had. Its process must keep
+    # the lease while it runs, so the other process waits, and both run once per interval after.
+    run_log = tmp_path / "runs.log"
+    interval = 0.5
+    options = [
+        "--run-log", str(run_log), "--plain", "--first-duration", "6.5", "--duration", "0.05",
+        "--interval", str(interval), "--timeout", "0.5", "--lease", "1", "--run-for", "8.5",
+    ]
+    async with Workers(cache_dir, 2, *options) as workers:
+        workers.go()
+
+    runs = logged_runs(run_log)
+    assert len(runs) >= 2, runs  # the long one, then (after a backoff: it timed out) short ones
+    assert runs[0][1] - runs[0][0] >= 6.5
+    assert_one_run_at_a_time(runs, interval)
+    stats = table_rows(cache_dir, "SELECT run_count, error_count, last_error, running_in FROM preload_tasks")
+    assert stats == [(len(runs), 1, "timed out after 0.5s", None)]  # the long run's result was not wanted
+    assert table_rows(cache_dir, "SELECT json_extract(value_json, '$.pid') FROM cache_entries") != []
+
+
+async def test_a_claim_that_waits_long_for_the_lock_still_holds_its_lease_for_the_whole_run(cache_dir, tmp_path):
+    # Another connection holds the write lock for 5.7 s while both processes' claims wait for it
+    # (their busy timeout is 10 s): longer than the lease (1 s), and than the timeout (1 s) plus
+    # any margin a lease timed from before the wait could have. The process that gets the lock
+    # first must hold the lease from then on, so the other cannot start while its run (0.9 s) lasts.
+    run_log = tmp_path / "runs.log"
+    interval = 1.0
+    options = [
+        "--run-log", str(run_log), "--duration", "0.9", "--interval", str(interval),
+        "--timeout", "1", "--lease", "1", "--busy-timeout", "10", "--run-for", "8",
+    ]
+    async with Workers(cache_dir, 2, *options) as workers:
+        with sqlite3.connect(cache_dir / "sqlcache.db", isolation_level=None) as blocker:
+            blocker.execute("BEGIN IMMEDIATE")  # the write lock, as a `sqlite3` shell user could take it
+            workers.go()
+            await asyncio.sleep(5.7)
+            blocker.execute("COMMIT")
+
+    runs = logged_runs(run_log)
+    assert len(runs) >= 2, runs
+    assert_one_run_at_a_time(runs, interval)
+    stats = table_rows(cache_dir, "SELECT run_count, error_count, last_error, running_in FROM preload_tasks")
+    assert stats == [(len(runs), 0, None, None)]
 
 
 # ---------------------------------------------------------------- stopping

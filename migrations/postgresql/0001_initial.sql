@@ -66,22 +66,21 @@ CREATE TABLE invalidations (
 CREATE FUNCTION sqlcache_slot() RETURNS smallint LANGUAGE sql STABLE
 AS $$ SELECT (pg_backend_pid() % 16)::smallint $$;
 
--- New entries: count them, give each an access row (its write is its last use), index its tags.
+-- New entries: count them, give each an access row (its write is its last use). The store inserts
+-- the tag rows itself (statement insert_tag), with bound parameters.
 CREATE FUNCTION sqlcache_entries_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE counters AS c SET entries = c.entries + d.n, bytes = c.bytes + d.b
     FROM (SELECT count(*) AS n, coalesce(sum(size), 0) AS b FROM new_rows) AS d
     WHERE c.slot = sqlcache_slot() AND d.n > 0;
     INSERT INTO access (entry_id, accessed_at, access_count) SELECT id, created_at, 0 FROM new_rows;
-    INSERT INTO tags (tag, entry_id)
-    SELECT DISTINCT t.tag, n.id FROM new_rows AS n, jsonb_array_elements_text(n.tags::jsonb) AS t (tag)
-    WHERE n.tags <> '[]';
     RETURN NULL;
 END $$;
 CREATE TRIGGER entries_inserted AFTER INSERT ON entries REFERENCING NEW TABLE AS new_rows
 FOR EACH STATEMENT EXECUTE FUNCTION sqlcache_entries_inserted();
 
--- Sets over existing entries: the write counts as a use; reads are kept; changed tags replaced.
+-- Sets over existing entries: the write counts as a use; reads are kept; the tag rows go if the
+-- tags changed (the store then inserts the new ones).
 CREATE FUNCTION sqlcache_entries_updated() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE counters AS c SET bytes = c.bytes + d.b
@@ -91,10 +90,6 @@ BEGIN
     FROM new_rows AS n WHERE a.entry_id = n.id;
     DELETE FROM tags AS t USING old_rows AS o JOIN new_rows AS n USING (id)
     WHERE t.entry_id = o.id AND o.tags <> n.tags;
-    INSERT INTO tags (tag, entry_id)
-    SELECT DISTINCT t.tag, n.id
-    FROM new_rows AS n JOIN old_rows AS o USING (id), jsonb_array_elements_text(n.tags::jsonb) AS t (tag)
-    WHERE o.tags <> n.tags;
     RETURN NULL;
 END $$;
 CREATE TRIGGER entries_updated AFTER UPDATE ON entries REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows

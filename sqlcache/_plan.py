@@ -1,0 +1,259 @@
+"""The write algorithm every SQL store shares, written once and without I/O.
+
+A batch of write operations becomes one transaction. What happens in it (the order of the
+statements, which rows eviction takes, what goes into the invalidation log, when a loader's
+result is skipped) is the same on every engine; only the SQL text and the driver differ. So the
+algorithm is a generator in the style of sans-I/O protocol libraries: `write_batch` yields a
+`Query` naming a statement of the engine's table, and is sent back the rows it returned. A
+store runs the plan with its own driver (`run` for a blocking DB-API connection; an async
+engine writes the same five-line loop with `await`).
+
+Statement names and their parameters (each engine's table gives every one):
+
+| name | parameters | returns |
+|---|---|---|
+| record_reads | many (count, last_read, key) | - |
+| upsert_entry | (key, value, codec, size, tags_json, created_at, expires_at) | [(id,)] |
+| insert_tag | many (tag, entry_id) | - |
+| delete_key | (key,) | [(key, expires_at)] |
+| delete_tag | (tag,) | [(key, expires_at)] |
+| delete_pattern_in_range | (low, high, pattern) | [(key, expires_at)] |
+| delete_pattern_anywhere | (pattern,) | [(key, expires_at)] |
+| delete_all | () | [(key, expires_at)] |
+| delete_expired | (now, limit) | [(size,)] |
+| read_size | () | [(entries, bytes)] |
+| victims_lru / _lfu / _fifo / _ttl | (limit,) | [(id, key, size)] |
+| delete_id | many (id,) | - |
+| log_changes | many (origin, kind, arg, logged_at) | - |
+| read_log_since | (seq,) | [(seq, origin, kind, arg)] in seq order |
+| last_seq | () | [(seq,)] |
+| trim_log | (seq,) | - (deletes rows with seq <= the parameter) |
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Generator, Iterable, Mapping, Sequence, TypeVar
+
+import orjson
+
+from ._config import InvalidationStrategy
+from ._store import (
+    Change,
+    Changes,
+    FlushReads,
+    PurgeExpired,
+    Put,
+    ReadCounts,
+    Remove,
+    RemoveAll,
+    Removed,
+    RemovePattern,
+    RemoveTag,
+    WriteOp,
+    WriteResult,
+    prefix_successor,
+)
+
+T = TypeVar("T")
+
+LOG_KEEP_ROWS = 4096
+"""Invalidation-log rows kept; each batch trims the older ones. A process that falls further
+behind than this sees a gap and empties its memory tier (correct, only colder). At the
+`LOG_ARG_LIMIT` below the log stays under about 4096 x 1 KiB = 4 MiB, inside the 16 MiB slack
+of DESIGN.md's file bound."""
+
+LOG_ARG_LIMIT = 1024
+"""Longest key, tag or pattern (in characters) logged as itself. A longer one is logged as
+'clear': other processes then empty their memory tiers, which is always correct."""
+
+EVICTION_CHUNK = 32
+"""Victim candidates read per query beyond the keys being written (which are never victims)."""
+
+VICTIMS = {
+    InvalidationStrategy.LRU: ("victims_lru",),
+    InvalidationStrategy.LFU: ("victims_lfu",),
+    InvalidationStrategy.FIFO: ("victims_fifo",),
+    # Entries that never expire come after every entry that does, oldest written first.
+    InvalidationStrategy.TTL: ("victims_ttl", "victims_fifo"),
+}
+
+
+@dataclass(frozen=True)
+class Query:
+    """One statement of the engine's table, by name. `many`: `params` is a list of rows."""
+
+    name: str
+    params: Sequence[Any] = ()
+    many: bool = False
+
+
+Plan = Generator[Query, list, T]
+
+
+def run(plan: Plan[T], execute: Any) -> T:
+    """Drive `plan` with `execute(query) -> rows`, a blocking call (DB-API drivers)."""
+    try:
+        query = next(plan)
+        while True:
+            query = plan.send(execute(query))
+    except StopIteration as done:
+        return done.value
+
+
+def write_batch(
+    ops: Sequence[WriteOp],
+    reads: Mapping[str, ReadCounts],
+    *,
+    now: float,
+    origin: str,
+    max_bytes: int,
+    strategy: InvalidationStrategy,
+) -> Plan[WriteResult]:
+    """Apply `ops` in order, log them for other processes, evict if over, trim the log.
+
+    The caller has begun the transaction and commits it when the plan returns.
+    """
+    if reads:
+        yield Query("record_reads", [(count, last, key) for key, (count, last) in reads.items()], many=True)
+    wall = time.time()  # log rows carry wall-clock time for people reading the table; order is by seq
+    log: list[tuple[str, str, str, float]] = []
+    results: list[Any] = []
+    written: set[str] = set()
+    for op in ops:
+        if isinstance(op, (Put, Remove)) and op.unless_changed_since is not None:
+            key = op.key if isinstance(op, Put) else op.keys[0]
+            if (yield from changed_since(op.unless_changed_since, key, op.tags, origin, log)):
+                results.append(None)
+                continue
+        if isinstance(op, Put):
+            [(entry_id,)] = yield Query("upsert_entry", _entry_row(op))
+            if op.tags:
+                yield Query("insert_tag", [(tag, entry_id) for tag in op.tags], many=True)
+            written.add(op.key)
+            results.append(True)
+        elif isinstance(op, PurgeExpired):
+            results.append(len((yield Query("delete_expired", (op.now, op.limit)))))
+        elif isinstance(op, FlushReads):
+            results.append(None)
+        else:
+            results.append((yield from _remove(op)))
+        log.extend(_log_rows(op, origin, wall))
+    if log:
+        yield Query("log_changes", log, many=True)
+    expired, evicted = (yield from _evict_if_over(now, written, max_bytes, strategy)) if written else (0, 0)
+    [(seq,)] = yield Query("last_seq")
+    if log and seq > LOG_KEEP_ROWS:
+        yield Query("trim_log", (seq - LOG_KEEP_ROWS,))
+    return WriteResult(results, evicted=evicted, expired=expired, seq=seq)
+
+
+def _remove(op: WriteOp) -> Plan[list[Removed]]:
+    rows: list[Any] = []
+    if isinstance(op, Remove):
+        for key in op.keys:
+            rows += yield Query("delete_key", (key,))
+    elif isinstance(op, RemoveTag):
+        rows = yield Query("delete_tag", (op.tag,))
+    elif isinstance(op, RemovePattern):
+        upper = prefix_successor(op.prefix) if op.prefix else None
+        if upper is None:
+            rows = yield Query("delete_pattern_anywhere", (op.pattern,))
+        else:
+            rows = yield Query("delete_pattern_in_range", (op.prefix, upper, op.pattern))
+    elif isinstance(op, RemoveAll):
+        rows = yield Query("delete_all")
+    else:
+        raise TypeError(f"unknown write operation {op!r}")
+    return [Removed(key, expires_at) for key, expires_at in rows]
+
+
+def changed_since(
+    seq: int, key: str, tags: Iterable[str], origin: str, pending: Sequence[tuple[str, str, str, float]]
+) -> Plan[bool]:
+    """Whether a change logged after position `seq`, or logged earlier in this batch, may have
+    touched `key` (carrying `tags`): a set or delete of it, one of its tags, a matching pattern,
+    a clear, or log rows lost to the trim (then nobody knows, so: yes)."""
+    rows = yield Query("read_log_since", (seq,))
+    if rows and rows[0][0] != seq + 1:
+        return True  # trimmed past `seq`
+    tags = set(tags)
+    changes = [(kind, arg) for _, _, kind, arg in rows] + [(kind, arg) for _, kind, arg, _ in pending]
+    return any(_touches(kind, arg, key, tags) for kind, arg in changes)
+
+
+def _touches(kind: str, arg: str, key: str, tags: set[str]) -> bool:
+    if kind == "key":
+        return arg == key
+    if kind == "tag":
+        return arg in tags
+    if kind == "pattern":
+        try:
+            return re.match(arg, key) is not None
+        except re.error:
+            return True  # a pattern this Python cannot read: assume the worst
+    return True  # 'clear'
+
+
+def _evict_if_over(now: float, written: set[str], max_bytes: int, strategy: InvalidationStrategy) -> Plan[tuple[int, int]]:
+    """Bring the bytes back under `max_bytes`: expired entries first, then the strategy's
+    victims, never an entry written in this batch. Returns (expired, evicted) counts."""
+    [(_, size)] = yield Query("read_size")
+    excess = size - max_bytes
+    expired = evicted = 0
+    while excess > 0:
+        freed = [size for (size,) in (yield Query("delete_expired", (now, EVICTION_CHUNK)))]
+        if not freed:
+            break
+        expired += len(freed)
+        excess -= sum(freed)
+    for victims in VICTIMS[strategy]:
+        while excess > 0:
+            chosen = []
+            for entry_id, key, size in (yield Query(victims, (len(written) + EVICTION_CHUNK,))):
+                if key not in written:
+                    chosen.append((entry_id,))
+                    excess -= size
+                    if excess <= 0:
+                        break
+            if not chosen:
+                break
+            yield Query("delete_id", chosen, many=True)
+            evicted += len(chosen)
+    return expired, evicted
+
+
+def changes_from_log(rows: Sequence[tuple[int, str, str, str | None]], last_seq: int, origin: str) -> Changes:
+    """Other processes' changes in log rows read after `last_seq`; incomplete if any row
+    between is missing (trimmed before this process read it)."""
+    complete = all(seq == last_seq + 1 + index for index, (seq, *_) in enumerate(rows))
+    return Changes([Change(seq, kind, arg or "") for seq, row_origin, kind, arg in rows if row_origin != origin], complete)
+
+
+def _entry_row(op: Put) -> tuple[Any, ...]:
+    size = len(op.key.encode()) + len(op.data)
+    tags = orjson.dumps(op.tags).decode() if op.tags else "[]"
+    return (op.key, op.data, op.codec, size, tags, op.created_at, op.expires_at)
+
+
+def _log_rows(op: WriteOp, origin: str, wall: float) -> list[tuple[str, str, str, float]]:
+    if isinstance(op, Put):
+        changes = [("key", op.key)]
+    elif isinstance(op, Remove):
+        changes = [("key", key) for key in op.keys]
+    elif isinstance(op, RemoveTag):
+        changes = [("tag", op.tag)]
+    elif isinstance(op, RemovePattern):
+        changes = [("pattern", op.pattern)]
+    elif isinstance(op, RemoveAll):
+        changes = [("clear", "")]
+    else:
+        return []  # purges and read statistics change no live value
+    return [(origin, *(("clear", "") if len(arg) > LOG_ARG_LIMIT else (kind, arg)), wall) for kind, arg in changes]
+
+
+def decode_tags(text: str) -> tuple[str, ...]:
+    """The `tags` column (a JSON array) as a tuple."""
+    return () if text == "[]" else tuple(orjson.loads(text))
