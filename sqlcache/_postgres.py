@@ -3,7 +3,13 @@
 Connections. A *session* connection of our own serves reads (`read`, `size`, the invalidation
 log) and LISTENs for the wake-up of the coherence check; a small asyncpg pool serves write
 batches, each one transaction (group commit: the manager's `GroupCommitter` sends every write
-submitted while one is in flight as the next batch). Nothing runs in a thread.
+submitted while one is in flight as the next batch). Nothing runs in a thread. asyncpg
+connections belong to the loop that made them: a manager used from a new loop reconnects.
+
+The write algorithm is SQLite's, `sqlcache._plan.write_batch`; this module gives it its
+statements (`STATEMENTS`, by the plan's names) and an async driver (`_run_plan`) with two steps
+of its own: pattern deletions apply the regex in Python (below), and the plan's closing
+`last_seq` also sends the wake-up of other hosts (`LAST_SEQ_AND_NOTIFY`).
 
 Writes are serialised per database by a transaction-scoped advisory lock, taken first thing in
 every write transaction (`BEGIN_WRITE`), as SQLite serialises its writers. That one choice
