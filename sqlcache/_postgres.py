@@ -133,10 +133,13 @@ ROLLBACK = "ROLLBACK"
 
 # The write plan's statements (`sqlcache._plan`: names, parameters and results), in PostgreSQL.
 STATEMENTS = {
-    # Add a batch of reads made in memory or on disk to an entry's statistics, by the key index.
+    # Add a batch of reads made in memory or on disk to the entries' statistics, by the key index
+    # and the access primary key. (Columnar: one array per parameter, see COLUMNAR.)
     "record_reads": """
-        UPDATE access SET access_count = access_count + $1, accessed_at = greatest(accessed_at, $2)
-        WHERE entry_id = (SELECT id FROM entries WHERE key = $3)""",
+        UPDATE access AS a
+        SET access_count = a.access_count + r.count, accessed_at = greatest(a.accessed_at, r.last)
+        FROM entries AS e, unnest($1::bigint[], $2::double precision[], $3::text[]) AS r (count, last, key)
+        WHERE e.key = r.key AND a.entry_id = e.id""",
     # Insert an entry or replace the one under its key; the triggers keep the counters and access
     # rows in step, keep a replaced entry's read statistics and drop its tag rows if they changed.
     "upsert_entry": """
@@ -173,16 +176,23 @@ STATEMENTS = {
         SELECT id, key, size FROM entries WHERE expires_at IS NOT NULL
         ORDER BY expires_at LIMIT $1""",
     "delete_id": "DELETE FROM entries WHERE id = $1",
-    # Append to the log other hosts read to drop stale memory copies: max+1 under the write lock,
-    # so positions are gapless in commit order (the trim keeps the newest rows).
+    # Append to the log other hosts read to drop stale memory copies: max+1.. under the write
+    # lock, so positions are gapless in commit order (the trim keeps the newest rows). Columnar.
     "log_changes": """
         INSERT INTO invalidations (seq, origin, kind, arg, logged_at)
-        SELECT coalesce(max(seq), 0) + 1, $1, $2, $3, $4 FROM invalidations""",
+        SELECT last.seq + r.n, r.origin, r.kind, r.arg, r.logged_at
+        FROM (SELECT coalesce(max(seq), 0) AS seq FROM invalidations) AS last,
+             unnest($1::text[], $2::text[], $3::text[], $4::double precision[])
+                 WITH ORDINALITY AS r (origin, kind, arg, logged_at, n)""",
     "read_log_since": READ_CHANGES,
     "last_seq": READ_LAST_SEQ,
     # Forget the oldest log rows, by the primary key (a prefix of the sequence, so no holes).
     "trim_log": "DELETE FROM invalidations WHERE seq <= $1",
 }
+
+# The plan's `many` statements written as one statement over arrays (a parameter per column of
+# the plan's rows) rather than run once per row.
+COLUMNAR = frozenset({"record_reads", "log_changes"})
 
 # The plan's pattern deletions, in two steps, since PostgreSQL's `~` is not Python's `re`: the
 # keys in the range of the literal prefix (by the key index, "C" collation) or every key, then,
@@ -190,6 +200,22 @@ STATEMENTS = {
 KEYS_IN_RANGE = "SELECT id, key FROM entries WHERE key >= $1 AND key < $2"
 ALL_KEYS = "SELECT id, key FROM entries"
 DELETE_IDS = "DELETE FROM entries WHERE id = ANY($1::bigint[]) RETURNING key, expires_at"
+
+# A run of the plan's `upsert_entry`s as one statement (keys unique within it), and their
+# `insert_tag`s as another, by key (see `_PutBuffer`).
+UPSERT_ENTRIES = """
+INSERT INTO entries (key, value, codec, size, tags, created_at, expires_at)
+SELECT * FROM unnest($1::text[], $2::bytea[], $3::smallint[], $4::integer[], $5::text[],
+                     $6::double precision[], $7::double precision[])
+ON CONFLICT (key) DO UPDATE SET
+    value = excluded.value, codec = excluded.codec, size = excluded.size, tags = excluded.tags,
+    created_at = excluded.created_at, expires_at = excluded.expires_at
+"""
+INSERT_TAGS_BY_KEY = """
+INSERT INTO tags (tag, entry_id)
+SELECT t.tag, e.id FROM unnest($1::text[], $2::text[]) AS t (tag, key) JOIN entries AS e ON e.key = t.key
+ON CONFLICT DO NOTHING
+"""
 
 # The plan's closing `last_seq` in a batch that logged changes, with the wake-up of every session
 # LISTENing on this database, delivered at commit: `origin first last` of this batch's rows.
@@ -517,15 +543,23 @@ class PostgresStore:
         return result
 
     async def _run_plan(self, db: Any, plan: _plan.Plan[T]) -> T:
-        """The plan's driver (`_plan.run` with `await`); counts the log rows for the wake-up."""
+        """The plan's driver (`_plan.run` with `await`). Consecutive puts are combined (see
+        `_PutBuffer`); the log rows are counted for the wake-up."""
         logged = 0
+        puts = _PutBuffer()
         try:
             query = next(plan)
             while True:
-                if query.name == "log_changes":
-                    logged += len(query.params)
-                query = plan.send(await self._execute(db, query, logged))
+                if query.name in _PutBuffer.NAMES:
+                    rows = puts.add(query)
+                else:
+                    await puts.flush(db)
+                    if query.name == "log_changes":
+                        logged += len(query.params)
+                    rows = await self._execute(db, query, logged)
+                query = plan.send(rows)
         except StopIteration as done:
+            await puts.flush(db)
             return done.value
 
     async def _execute(self, db: Any, query: _plan.Query, logged: int) -> list[Any]:
@@ -535,6 +569,9 @@ class PostgresStore:
             [(seq, _)] = await db.fetch(LAST_SEQ_AND_NOTIFY, CHANNEL, self._origin, logged)
             return [(seq,)]
         sql = STATEMENTS[query.name]
+        if query.many and query.name in COLUMNAR:
+            await db.execute(sql, *(list(column) for column in zip(*query.params)))
+            return []
         if query.many:
             await db.executemany(sql, query.params)
             return []
@@ -559,6 +596,52 @@ class PostgresStore:
             self._resync = True
             return DatabaseUnavailableError(f"cannot {action} the PostgreSQL cache {self.where}: {reason}")
         return StorageError(f"cannot {action} the PostgreSQL cache {self.where}: {reason}")
+
+
+class _PutBuffer:
+    """The plan's `upsert_entry` and `insert_tag` queries of a run of puts, sent as two statements
+    instead of a round trip each (64 sets: 2 round trips, not 64 or more).
+
+    The plan needs an entry id back from each upsert only to give it to that entry's
+    `insert_tag`; so an upsert is answered at once with a placeholder (a negative number, never a
+    real id), and the buffer inserts the tags by key once the entries are written. Of several
+    puts of one key the last wins, tags included, as the one-by-one statements would have it.
+    Any other statement of the plan flushes the buffer first, so it sees every earlier put.
+    """
+
+    NAMES = frozenset({"upsert_entry", "insert_tag"})
+
+    def __init__(self) -> None:
+        self._rows: dict[str, tuple[Any, ...]] = {}  # key -> upsert_entry parameters, last put wins
+        self._tags: dict[str, list[str]] = {}  # key -> tags of its last put
+        self._keys: list[str] = []  # placeholder -(i + 1) -> key
+        self._latest: dict[str, int] = {}  # key -> placeholder of its last put
+
+    def add(self, query: _plan.Query) -> list[Any]:
+        if query.name == "upsert_entry":
+            key = query.params[0]
+            self._keys.append(key)
+            placeholder = -len(self._keys)
+            self._rows.pop(key, None)
+            self._rows[key] = tuple(query.params)
+            self._tags[key] = []
+            self._latest[key] = placeholder
+            return [(placeholder,)]
+        for tag, placeholder in query.params:
+            key = self._keys[-placeholder - 1]
+            if self._latest[key] == placeholder:
+                self._tags[key].append(tag)
+        return []
+
+    async def flush(self, db: Any) -> None:
+        if not self._rows:
+            return
+        columns = list(zip(*self._rows.values()))
+        await db.execute(UPSERT_ENTRIES, *(list(column) for column in columns))
+        pairs = [(tag, key) for key, tags in self._tags.items() for tag in tags]
+        if pairs:
+            await db.execute(INSERT_TAGS_BY_KEY, [tag for tag, _ in pairs], [key for _, key in pairs])
+        self._rows, self._tags, self._keys, self._latest = {}, {}, [], {}
 
 
 def _is_unavailable(error: BaseException) -> bool:

@@ -476,10 +476,10 @@ async def test_every_statement_of_the_store_can_walk_an_index(cache, pg_url):
     for i in range(200):
         await cache.set(f"k{i}", i, ttl=i % 2 * 100, tags=[f"t{i % 5}"])
     samples = {  # parameters for each statement of the write plan
-        "record_reads": [1, 2e9, "k1"], "upsert_entry": ["k1", b"1", 0, 3, "[]", 1.0, None],
+        "record_reads": [[1], [2e9], ["k1"]], "upsert_entry": ["k1", b"1", 0, 3, "[]", 1.0, None],
         "insert_tag": ["t1", 1], "delete_key": ["k1"], "delete_tag": ["t1"], "delete_expired": [2e9, 64],
         "read_size": [], "victims_lru": [10], "victims_lfu": [10], "victims_fifo": [10], "victims_ttl": [10],
-        "delete_id": [1], "log_changes": ["origin", "key", "k1", 1.0], "read_log_since": [5], "last_seq": [],
+        "delete_id": [1], "log_changes": [["origin"], ["key"], ["k1"], [1.0]], "read_log_since": [5], "last_seq": [],
         "trim_log": [5],
     }
     assert set(samples) == set(store_sql.STATEMENTS) - {"delete_all"}  # clear deletes every row: no index to use
@@ -546,3 +546,24 @@ def test_one_manager_serves_successive_event_loops(pg_url):
 
     asyncio.run(first())
     assert asyncio.run(second()) == ("from the first loop", "from the second loop", 0)
+
+
+async def test_sets_of_one_key_in_one_batch_leave_the_last_value_and_tags(cache, pg_url):
+    writes = []
+    store = cache._store
+    original = store.write
+
+    async def counted(ops, reads, now):
+        writes.append(len(ops))
+        return await original(ops, reads, now)
+
+    store.write = counted
+    await asyncio.gather(
+        cache.set("k", 1, tags=["a", "both"]), cache.set("other", 0, tags=["a"]), cache.set("k", 2, tags=["b", "both"])
+    )
+    assert writes == [3]  # one transaction
+    [row] = await query(pg_url, "SELECT value_json, tags FROM cache_entries WHERE key = 'k'")
+    assert (row["value_json"], json.loads(row["tags"])) == ("2", ["b", "both"])
+    assert await cache.invalidate_by_tag("a") == 1  # "other" only
+    assert await cache.invalidate_by_tag("both") == 1
+    assert (await cache.get_stats())["disk_entries"] == 0
