@@ -615,7 +615,6 @@ class _PutBuffer:
         self._rows: dict[str, tuple[Any, ...]] = {}  # key -> upsert_entry parameters, last put wins
         self._tags: dict[str, list[str]] = {}  # key -> tags of its last put
         self._keys: list[str] = []  # placeholder -(i + 1) -> key
-        self._latest: dict[str, int] = {}  # key -> placeholder of its last put
 
     def add(self, query: _plan.Query) -> list[Any]:
         if query.name == "upsert_entry":
@@ -624,13 +623,10 @@ class _PutBuffer:
             placeholder = -len(self._keys)
             self._rows.pop(key, None)
             self._rows[key] = tuple(query.params)
-            self._tags[key] = []
-            self._latest[key] = placeholder
+            self._tags[key] = []  # a later put's tags replace an earlier one's (the plan tags right after)
             return [(placeholder,)]
         for tag, placeholder in query.params:
-            key = self._keys[-placeholder - 1]
-            if self._latest[key] == placeholder:
-                self._tags[key].append(tag)
+            self._tags[self._keys[-placeholder - 1]].append(tag)
         return []
 
     async def flush(self, db: Any) -> None:
@@ -641,7 +637,7 @@ class _PutBuffer:
         pairs = [(tag, key) for key, tags in self._tags.items() for tag in tags]
         if pairs:
             await db.execute(INSERT_TAGS_BY_KEY, [tag for tag, _ in pairs], [key for _, key in pairs])
-        self._rows, self._tags, self._keys, self._latest = {}, {}, [], {}
+        self._rows, self._tags, self._keys = {}, {}, []
 
 
 def _is_unavailable(error: BaseException) -> bool:
