@@ -50,8 +50,8 @@ prefix reads every key, as on SQLite.
 
 Limits. LISTEN needs a session of its own: behind PgBouncer in transaction (or statement)
 pooling mode notifications do not arrive, so other hosts would see changes only after a
-reconnect; point `disk_cache_url` at PostgreSQL itself or at a session-mode pool. Keys and tags
-cannot contain NUL characters (PostgreSQL text cannot hold them; values can).
+reconnect; point `disk_cache_url` at PostgreSQL itself or at a session-mode pool. Keys, tags
+and logged patterns are stored with NUL (which PostgreSQL text cannot hold) escaped: see `to_db`.
 
 The statements are named below, each with what it does; every one is parameterised.
 """
@@ -188,6 +188,14 @@ STATEMENTS = {
     "last_seq": READ_LAST_SEQ,
     # Forget the oldest log rows, by the primary key (a prefix of the sequence, so no holes).
     "trim_log": "DELETE FROM invalidations WHERE seq <= $1",
+}
+
+# Which parameters of a plan statement (by position in a row) are keys, tags or log arguments,
+# and which column of its result is: text that goes through `to_db` / `from_db` (NUL escaped).
+TEXT_PARAMS = {"record_reads": 2, "delete_key": 0, "delete_tag": 0, "log_changes": 2}
+TEXT_RESULTS = {
+    "delete_key": 0, "delete_tag": 0, "delete_all": 0, "read_log_since": 3,
+    "victims_lru": 1, "victims_lfu": 1, "victims_fifo": 1, "victims_ttl": 1,
 }
 
 # The plan's `many` statements written as one statement over arrays (a parameter per column of
@@ -441,10 +449,13 @@ class PostgresStore:
     async def read(self, keys: Sequence[str]) -> dict[str, StoredRow]:
         """The stored rows of `keys` that exist (expired ones included: the caller decides)."""
         if len(keys) == 1:
-            rows = await self._on_session(lambda session: session.fetch(READ_ONE, keys[0]), "read from")
+            rows = await self._on_session(lambda session: session.fetch(READ_ONE, to_db(keys[0])), "read from")
         else:
-            rows = await self._on_session(lambda session: session.fetch(READ_MANY, list(keys)), "read from")
-        return {key: StoredRow(data, codec, expires_at, _plan.decode_tags(tags)) for key, data, codec, expires_at, tags in rows}
+            rows = await self._on_session(lambda session: session.fetch(READ_MANY, [to_db(key) for key in keys]), "read from")
+        return {
+            from_db(key): StoredRow(data, codec, expires_at, _plan.decode_tags(tags))
+            for key, data, codec, expires_at, tags in rows
+        }
 
     async def size(self) -> tuple[int, int]:
         entries, size = await self._on_session(lambda session: session.fetchrow(READ_SIZE), "read from")
@@ -476,7 +487,7 @@ class PostgresStore:
         except BaseException:
             self._notified, self._resync = True, self._resync or resync
             raise
-        changes = _plan.changes_from_log(rows, start, self._origin)
+        changes = _plan.changes_from_log(_text_out(rows, 3), start, self._origin)
         if rows:
             self._last_seq = max(self._last_seq, rows[-1][0])
         return Changes(changes.changes, changes.complete and not resync)
@@ -568,22 +579,26 @@ class PostgresStore:
         if query.name == "last_seq" and logged:
             [(seq, _)] = await db.fetch(LAST_SEQ_AND_NOTIFY, CHANNEL, self._origin, logged)
             return [(seq,)]
-        sql = STATEMENTS[query.name]
+        sql, params = STATEMENTS[query.name], query.params
+        if query.name in TEXT_PARAMS:
+            index = TEXT_PARAMS[query.name]
+            params = [_text_in(row, index) for row in params] if query.many else _text_in(params, index)
         if query.many and query.name in COLUMNAR:
-            await db.execute(sql, *(list(column) for column in zip(*query.params)))
+            await db.execute(sql, *(list(column) for column in zip(*params)))
             return []
         if query.many:
-            await db.executemany(sql, query.params)
+            await db.executemany(sql, params)
             return []
-        return await db.fetch(sql, *query.params)
+        rows = await db.fetch(sql, *params)
+        return _text_out(rows, TEXT_RESULTS[query.name]) if query.name in TEXT_RESULTS else rows
 
     async def _delete_pattern(self, db: Any, *params: str) -> list[Any]:
         """`KEYS_IN_RANGE` of the literal prefix (or `ALL_KEYS`), `re.match` here, `DELETE_IDS`."""
         *bounds, pattern = params
-        candidates = await db.fetch(KEYS_IN_RANGE, *bounds) if bounds else await db.fetch(ALL_KEYS)
+        candidates = await db.fetch(KEYS_IN_RANGE, *map(to_db, bounds)) if bounds else await db.fetch(ALL_KEYS)
         match = _compiled(pattern).match
-        ids = [entry_id for entry_id, key in candidates if match(key)]
-        return await db.fetch(DELETE_IDS, ids) if ids else []
+        ids = [entry_id for entry_id, key in candidates if match(from_db(key))]
+        return _text_out(await db.fetch(DELETE_IDS, ids), 0) if ids else []
 
     # ------------------------------------------------------------ errors
 
@@ -632,12 +647,36 @@ class _PutBuffer:
     async def flush(self, db: Any) -> None:
         if not self._rows:
             return
-        columns = list(zip(*self._rows.values()))
+        columns = list(zip(*(_text_in(row, 0) for row in self._rows.values())))
         await db.execute(UPSERT_ENTRIES, *(list(column) for column in columns))
-        pairs = [(tag, key) for key, tags in self._tags.items() for tag in tags]
+        pairs = [(to_db(tag), to_db(key)) for key, tags in self._tags.items() for tag in tags]
         if pairs:
             await db.execute(INSERT_TAGS_BY_KEY, [tag for tag, _ in pairs], [key for _, key in pairs])
         self._rows, self._tags, self._keys = {}, {}, []
+
+
+_ESCAPES = str.maketrans({"\x01": "\x01\x02", "\x00": "\x01\x01"})
+_ESCAPED = re.compile("\x01([\x01\x02])")
+
+
+def to_db(text: str) -> str:
+    """A key, tag or log argument as stored. PostgreSQL text cannot hold NUL, so NUL becomes
+    `\\x01\\x01` and `\\x01` becomes `\\x01\\x02`: a prefix code that keeps code-point order and
+    prefixes (so key ranges still find a prefix's keys); any other text is stored as it is."""
+    return text.translate(_ESCAPES) if "\x00" in text or "\x01" in text else text
+
+
+def from_db(text: str) -> str:
+    """The inverse of `to_db`."""
+    return _ESCAPED.sub(lambda match: "\x00" if match.group(1) == "\x01" else "\x01", text) if "\x01" in text else text
+
+
+def _text_in(row: Sequence[Any], index: int) -> tuple[Any, ...]:
+    return (*row[:index], to_db(row[index]), *row[index + 1 :])
+
+
+def _text_out(rows: Sequence[Any], index: int) -> list[tuple[Any, ...]]:
+    return [(*row[:index], from_db(row[index]) if row[index] is not None else None, *row[index + 1 :]) for row in rows]
 
 
 def _is_unavailable(error: BaseException) -> bool:

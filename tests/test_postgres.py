@@ -567,3 +567,21 @@ async def test_sets_of_one_key_in_one_batch_leave_the_last_value_and_tags(cache,
     assert await cache.invalidate_by_tag("a") == 1  # "other" only
     assert await cache.invalidate_by_tag("both") == 1
     assert (await cache.get_stats())["disk_entries"] == 0
+
+
+async def test_keys_tags_and_patterns_with_nul_work_like_on_sqlite(pg_url):
+    keys = ["k\x00", "k\x00\x01", "k\x01", "k", "grp\x00A:1", "grp\x00B:1"]
+    async with CacheManager({"disk_cache_url": pg_url}) as mine, CacheManager(
+        {"disk_cache_url": pg_url, "sync_interval": 0.05}
+    ) as theirs:
+        for key in keys:
+            await mine.set(key, key, tags=["\x00", f"grp\x00{key[-1]}"])
+        assert [await theirs.get(key) for key in keys] == keys  # now in their memory tier too
+        assert await mine.invalidate_by_pattern("k\x00.*") == 2
+        assert await mine.invalidate_by_tag("grp\x00\x01") == 1  # k\x01 only
+        assert await mine.delete("grp\x00A:1") is True
+        await asyncio.sleep(0.1)
+        assert [await theirs.get(key) for key in keys] == [None, None, None, "k", None, "grp\x00B:1"]
+        assert await mine.invalidate_by_tag("\x00") == 2
+        [(stored,)] = await query(pg_url, "SELECT count(*) FROM entries")
+        assert stored == 0
