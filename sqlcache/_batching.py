@@ -120,19 +120,29 @@ class GroupCommitter(Generic[Op]):
     A failed transaction fails only the op that caused it: when `alone_may_pass(error)` says the
     error could be one op's (a value the driver cannot bind, not a lock or a full disk), every op
     of the batch is tried again in a transaction of its own, in order.
+
+    `apply_now(ops) -> results | None`, if given, is tried first for an op that finds nothing in
+    flight: it commits at once on the caller's own thread (no task, no future) or returns None,
+    having changed nothing, and the op joins the queue as usual.
     """
 
     def __init__(
         self,
         apply: Callable[[list[Op]], Awaitable[list[Any]]],
         alone_may_pass: Callable[[Exception], bool] = lambda error: True,
+        apply_now: Callable[[list[Op]], list[Any] | None] | None = None,
     ):
         self._apply = apply
         self._alone_may_pass = alone_may_pass
+        self._apply_now = apply_now
         self._queue: list[_Pending[Op]] = []
         self._task: asyncio.Task[None] | None = None
 
     async def submit(self, op: Op, after_commit: Callable[[Any], Any] | None = None) -> Any:
+        if self._task is None and self._apply_now is not None:
+            results = self._apply_now([op])
+            if results is not None:
+                return results[0] if after_commit is None else after_commit(results[0])
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(op, future, after_commit))
         if self._task is None:

@@ -53,6 +53,8 @@ def encode(value: Any, allow_pickle: bool) -> tuple[bytes, Codec]:
 
 
 _JSON_LEAVES = frozenset((str, int, float, bool, type(None)))
+_JSON_CONTAINERS = frozenset((list, tuple, dict))
+_JSON_TYPES = _JSON_LEAVES | _JSON_CONTAINERS
 
 
 def _check_json_types(value: Any) -> None:
@@ -60,22 +62,28 @@ def _check_json_types(value: Any) -> None:
 
     orjson writes `Enum` members (IntEnum and str enums too) and `UUID`s natively, as their
     values: the memory tier would hand back `Color.RED` and the disk tier `1`. So every node
-    must be a plain str, int, float, bool, None, list, tuple or str-keyed dict."""
+    must be a plain str, int, float, bool, None, list, tuple or str-keyed dict. The types of a
+    container's children are gathered with `set(map(type, ...))`, which runs in C."""
+    if type(value) in _JSON_LEAVES:
+        return
     stack = [value]
     while stack:
         node = stack.pop()
         kind = type(node)
-        if kind in _JSON_LEAVES:
-            continue
-        if kind is list or kind is tuple:
-            stack.extend(node)
-        elif kind is dict:
-            for key in node:
-                if type(key) is not str:
-                    raise TypeError(f"dict key of type {type(key).__name__}")
-            stack.extend(node.values())
+        if kind is dict:
+            if set(map(type, node)) - {str}:
+                raise TypeError("dict keys must be str")
+            children: Any = node.values()
+        elif kind is list or kind is tuple:
+            children = node
         else:
             raise TypeError(f"type {kind.__name__} is not JSON")
+        kinds = set(map(type, children))
+        if kinds <= _JSON_LEAVES:
+            continue
+        if not kinds <= _JSON_TYPES:
+            raise TypeError(f"type {min(kind.__name__ for kind in kinds - _JSON_TYPES)} is not JSON")
+        stack.extend(child for child in children if type(child) in _JSON_CONTAINERS)
 
 
 def _encode_json(value: Any) -> tuple[bytes, Codec]:

@@ -104,6 +104,19 @@ RECORD_VERSION = "INSERT INTO sqlcache_schema (version) VALUES ($1)"
 # Serialise migrations between processes; released at commit.
 TAKE_MIGRATION_LOCK = "SELECT pg_advisory_xact_lock($1)"
 
+# The index each strategy's victims query walks, made on open by the store that evicts by it, as
+# on SQLite (its migration 0004): an index on `access` makes every read-statistics update
+# non-HOT (a dead heap tuple and index entries per key per flush), so a database used only with
+# FIFO or TTL has none and those updates stay on their page. TTL's own order is the expiry index
+# every strategy has; it falls back to FIFO for entries that never expire. (CREATE INDEX blocks
+# writes while it builds: the first open with a new strategy on a large cache waits for it.)
+STRATEGY_INDEXES = {
+    InvalidationStrategy.LRU: "CREATE INDEX IF NOT EXISTS access_by_recency ON access (accessed_at)",
+    InvalidationStrategy.LFU: "CREATE INDEX IF NOT EXISTS access_by_frequency ON access (access_count, accessed_at)",
+    InvalidationStrategy.FIFO: "CREATE INDEX IF NOT EXISTS entries_by_creation ON entries (created_at)",
+    InvalidationStrategy.TTL: "CREATE INDEX IF NOT EXISTS entries_by_creation ON entries (created_at)",
+}
+
 # ---------------------------------------------------------------- reads (session connection)
 
 # One key, by the unique index on entries.key.
@@ -374,6 +387,7 @@ class PostgresStore:
                 if number > version:
                     await connection.execute(script)
                     await connection.execute(RECORD_VERSION, number)
+            await connection.execute(STRATEGY_INDEXES[self._strategy])
 
     async def _open_session(self) -> None:
         session = await asyncpg.connect(self.url, **self._connect_options())
@@ -457,6 +471,10 @@ class PostgresStore:
             for key, data, codec, expires_at, tags in rows
         }
 
+    def read_now(self, keys: Sequence[str]) -> None:
+        """Never at once: every read is a round trip (the manager then awaits `read`)."""
+        return None
+
     async def size(self) -> tuple[int, int]:
         entries, size = await self._on_session(lambda session: session.fetchrow(READ_SIZE), "read from")
         return entries, size
@@ -530,6 +548,10 @@ class PostgresStore:
     def preloader_database(self) -> PostgresDatabase:
         """The preloader's `_Database` on this store's pool."""
         return PostgresDatabase(self)
+
+    def write_now(self, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float) -> None:
+        """Never at once: every write is a transaction over the network (the manager then awaits `write`)."""
+        return None
 
     async def write(self, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float) -> WriteResult:
         """Apply `ops` (and the pending read statistics) in one transaction: the shared write

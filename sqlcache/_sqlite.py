@@ -106,6 +106,18 @@ READ_CHANGES = "SELECT seq, origin, kind, arg FROM invalidations WHERE seq > ? O
 # The newest log position, so a fresh process starts reading after it.
 READ_LAST_SEQ = "SELECT coalesce(max(seq), 0) FROM invalidations"
 
+# ---------------------------------------------------------------- eviction indexes
+
+# The index each strategy's victims query walks, made on open by the store that evicts by it
+# (migration 0004 explains why they are not all kept); TTL falls back to FIFO for entries that
+# never expire, and its own order is the expiry index every strategy has.
+STRATEGY_INDEXES = {
+    InvalidationStrategy.LRU: ("CREATE INDEX IF NOT EXISTS access_by_recency ON access (accessed_at)",),
+    InvalidationStrategy.LFU: ("CREATE INDEX IF NOT EXISTS access_by_frequency ON access (access_count, accessed_at)",),
+    InvalidationStrategy.FIFO: ("CREATE INDEX IF NOT EXISTS entries_by_creation ON entries (created_at)",),
+    InvalidationStrategy.TTL: ("CREATE INDEX IF NOT EXISTS entries_by_creation ON entries (created_at)",),
+}
+
 # ---------------------------------------------------------------- the write plan's statements
 
 STATEMENTS = {
@@ -323,6 +335,8 @@ class SQLiteStore:
                 # The number comes from a file name we ship, so formatting it in is safe;
                 # PRAGMA takes no parameters.
                 worker.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number:d};\nCOMMIT;")
+        for statement in STRATEGY_INDEXES[self._strategy]:
+            worker.execute(statement)
         self._writer = open_connection(self.path, busy_timeout=0, durability=self._durability)
         self._reader = open_connection(self.path, busy_timeout=0, durability=self._durability)
         self._inode = os.stat(self.path).st_ino
@@ -357,13 +371,15 @@ class SQLiteStore:
         A process that found the file damaged renames it and starts a fresh one; every other
         process must follow it there, or it would go on reading and writing a file nobody else
         sees. One `stat` (about a microsecond) per check; the reopening runs in the worker."""
-        try:
-            same = os.stat(self.path).st_ino == self._inode
-        except FileNotFoundError:
-            same = False
-        if not same:
+        if self._was_replaced():
             logger.warning("sqlcache: %s was replaced by another process; reopening it", self.path)
             await self._in_worker(self._reopen)
+
+    def _was_replaced(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino != self._inode
+        except FileNotFoundError:
+            return True
 
     def _reopen(self) -> None:
         self._close_connections()
@@ -374,12 +390,20 @@ class SQLiteStore:
 
     async def read(self, keys: Sequence[str]) -> dict[str, StoredRow]:
         """The stored rows of `keys` that exist (expired ones included: the caller decides)."""
+        rows = self.read_now(keys)
+        if rows is None:
+            rows = await self._in_worker(self._read_rows, _opened(self._worker), keys)
+        return rows
+
+    def read_now(self, keys: Sequence[str]) -> dict[str, StoredRow] | None:
+        """`read` on the loop's connection; None for a large batch, or when the file is busy
+        (a WAL recovery by another process: rare, so that read waits in the worker)."""
         if len(keys) > LOOP_READ_MAX_KEYS:
-            return await self._in_worker(self._read_rows, _opened(self._worker), keys)
+            return None
         try:
             return self._read_rows(_opened(self._reader), keys)
-        except sqlite3.OperationalError:  # busy in a WAL recovery: rare, so wait in the worker
-            return await self._in_worker(self._read_rows, _opened(self._worker), keys)
+        except sqlite3.OperationalError:
+            return None
 
     @staticmethod
     def _read_rows(db: sqlite3.Connection, keys: Sequence[str]) -> dict[str, StoredRow]:
@@ -424,15 +448,26 @@ class SQLiteStore:
         """Apply `ops` (and the pending read statistics) in one transaction, then evict if over:
         on the loop if the lock is free and the batch is quick, else in the worker thread."""
         await self._follow_if_replaced()
-        try:
-            result = None
-            if not self._checkpointing and self._is_quick(ops, reads):
-                result = self._write_now(_opened(self._writer), ops, reads, now)
-            if result is None:
+        result = self.write_now(ops, reads, now)
+        if result is None:
+            try:
                 result = await self._in_worker(self._write_waiting, ops, reads, now)
+            except sqlite3.Error as error:
+                raise _translate(error, self.path, self._busy_timeout) from error
+            self._checkpoint_if_due()
+        return result
+
+    def write_now(self, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float) -> WriteResult | None:
+        """`write` on the loop's connection, or None if it would have to wait: another process
+        holds the lock, a checkpoint is running, the batch is slow, or the file was replaced."""
+        if self._checkpointing or not self._is_quick(ops, reads) or self._was_replaced():
+            return None
+        try:
+            result = self._write_now(_opened(self._writer), ops, reads, now)
         except sqlite3.Error as error:
             raise _translate(error, self.path, self._busy_timeout) from error
-        self._checkpoint_if_due()
+        if result is not None:
+            self._checkpoint_if_due()
         return result
 
     def _is_quick(self, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts]) -> bool:

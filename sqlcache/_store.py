@@ -133,7 +133,14 @@ class Store(Protocol):
 
     async def read(self, keys: Sequence[str]) -> dict[str, StoredRow]: ...
 
+    def read_now(self, keys: Sequence[str]) -> dict[str, StoredRow] | None:
+        """The rows at once, if they can be had without waiting; None: await `read` instead."""
+
     async def write(self, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float) -> WriteResult: ...
+
+    def write_now(self, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float) -> WriteResult | None:
+        """The batch committed at once, if nothing is in the way; None: await `write` instead
+        (nothing was changed). The fast path of an engine that can answer on the loop's thread."""
 
     async def changes(self) -> Changes | None:
         """Other processes' changes since the last call; None (at once) when there are none."""
@@ -145,7 +152,7 @@ class Store(Protocol):
 
 
 try:  # the parser `re.compile` itself uses, so the prefix follows Python's own reading of a pattern
-    from re import _constants as _regex_ops, _parser as _regex_parser  # Python 3.11+
+    from re import _constants as _regex_ops, _parser as _regex_parser  # type: ignore[attr-defined]  # Python 3.11+
 except ImportError:  # Python 3.10
     import sre_constants as _regex_ops  # type: ignore[no-redef]
     import sre_parse as _regex_parser  # type: ignore[no-redef]

@@ -43,6 +43,14 @@ async def write_forever(directory: str) -> None:
             say(i=i)
 
 
+async def burst(directory: str, max_bytes: str, sets: str) -> None:
+    """A short-lived process: `sets` sets of long keys (each logged for the others), then exit."""
+    config = {"disk_cache_dir": directory, "disk_max_size": int(max_bytes), "purge_interval": 0}
+    async with CacheManager(config) as cache:
+        for start in range(0, int(sets), 100):
+            await asyncio.gather(*(cache.set(f"{i:06d}" + "k" * 1000, "v" * 300) for i in range(start, start + 100)))
+
+
 async def mixed(directory: str, process: str, seconds: str) -> None:
     """Many tasks of reads, writes and invalidations; each task owns its keys and knows their fate."""
     config = {"disk_cache_dir": directory, "sync_interval": 0.1, "busy_timeout": 10.0, "memory_max_size": 50}
@@ -83,4 +91,4 @@ async def mixed(directory: str, process: str, seconds: str) -> None:
 
 if __name__ == "__main__":
     role, *args = sys.argv[1:]
-    asyncio.run({"watch": watch, "write": write_forever, "mixed": mixed}[role](*args))
+    asyncio.run({"watch": watch, "write": write_forever, "burst": burst, "mixed": mixed}[role](*args))

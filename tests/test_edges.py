@@ -325,3 +325,22 @@ async def test_error_messages_are_short_and_clear(cache_dir):
             await cache.set("k", 1, tags=5)
         with pytest.raises(ValueError, match="pattern .*lone surrogate"):
             await cache.invalidate_by_pattern("\ud800")
+
+
+@pytest.mark.parametrize("disk", [True, False])
+async def test_a_caller_arriving_after_a_change_does_not_share_a_load_begun_before_it(cache_dir, disk):
+    async with CacheManager(config(cache_dir, disk_cache_enabled=disk)) as cache:
+        loading, release = asyncio.Event(), asyncio.Event()
+
+        async def old_loader():
+            loading.set()
+            await release.wait()
+            return "loaded before the change"
+
+        first = asyncio.ensure_future(cache.get_or_set("market:BTC", old_loader))
+        await loading.wait()
+        await cache.invalidate_by_pattern("market:.*")
+        second = asyncio.ensure_future(cache.get_or_set("market:BTC", lambda: "loaded after the change"))
+        release.set()
+        assert await first == "loaded before the change"  # concurrent with the change: either is fine
+        assert await second == "loaded after the change"

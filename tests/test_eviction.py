@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from sqlcache import CacheLevel, CacheManager
+from sqlcache import CacheLevel, CacheManager, InvalidationStrategy
 
 VALUE = "x" * 100  # stored as 102 bytes of JSON; with a 3-byte key, 105 bytes an entry
 
@@ -150,3 +150,21 @@ async def test_evicted_memory_entry_leaves_the_tag_index(cache_dir, clock):
     assert await manager.invalidate_by_tag("t") == 0
     assert await manager.invalidate_by_tag("u") == 1
     await manager.close()
+
+
+@pytest.mark.parametrize("strategy", ["lru", "lfu", "fifo", "ttl"])
+async def test_each_strategy_evicts_by_an_index_its_store_made(tmp_path, strategy):
+    from sqlcache._plan import VICTIMS
+    from sqlcache._sqlite import STATEMENTS
+
+    directory = tmp_path / strategy
+    async with CacheManager({"disk_cache_dir": str(directory), "invalidation_strategy": strategy}):
+        pass
+    with sqlite3.connect(directory / "sqlcache.db") as db:
+        for name in VICTIMS[InvalidationStrategy(strategy)]:
+            plan = " ".join(row[-1] for row in db.execute(f"EXPLAIN QUERY PLAN {STATEMENTS[name]}", (10,)))
+            assert "INDEX" in plan and "TEMP B-TREE" not in plan, (name, plan)
+        indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    unused = {"lru": {"access_by_frequency", "entries_by_creation"}, "lfu": {"access_by_recency", "entries_by_creation"},
+              "fifo": {"access_by_recency", "access_by_frequency"}, "ttl": {"access_by_recency", "access_by_frequency"}}
+    assert not indexes & unused[strategy]  # no set pays for an order nobody evicts by

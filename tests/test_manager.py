@@ -439,11 +439,13 @@ async def test_get_or_set_callers_arriving_together_share_the_disk_lookup_and_a_
 async def test_a_set_whose_caller_is_cancelled_still_lands_in_both_tiers_together(cache_dir):
     async with CacheManager({"disk_cache_dir": str(cache_dir)}) as manager:
         await manager.set("k", "old")
+        in_flight = asyncio.ensure_future(manager.invalidate_by_tag("none"))  # a batch in the worker
+        await asyncio.sleep(0)
         cancelled = asyncio.ensure_future(manager.set("k", "new"))
-        await asyncio.sleep(0)  # queued for the next commit
+        await asyncio.sleep(0)  # queued behind it for the next commit
         cancelled.cancel()
         await manager.set("other", 1)  # commits after it
-        assert cancelled.cancelled()
+        assert cancelled.cancelled() and await in_flight == 0
         assert await manager.get("k") == "new"  # memory agrees with the committed disk row
     async with CacheManager({"disk_cache_dir": str(cache_dir)}) as manager:
         assert await manager.get("k") == "new"

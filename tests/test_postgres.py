@@ -475,6 +475,9 @@ async def test_every_statement_of_the_store_can_walk_an_index(cache, pg_url):
 
     for i in range(200):
         await cache.set(f"k{i}", i, ttl=i % 2 * 100, tags=[f"t{i % 5}"])
+    for strategy in ("lfu", "fifo", "ttl"):  # each makes the index its victims query walks
+        async with CacheManager({"disk_cache_url": pg_url, "invalidation_strategy": strategy}):
+            pass
     samples = {  # parameters for each statement of the write plan
         "record_reads": [[1], [2e9], ["k1"]], "upsert_entry": ["k1", b"1", 0, 3, "[]", 1.0, None],
         "insert_tag": ["t1", 1], "delete_key": ["k1"], "delete_tag": ["t1"], "delete_expired": [2e9, 64],
@@ -585,3 +588,15 @@ async def test_keys_tags_and_patterns_with_nul_work_like_on_sqlite(pg_url):
         assert await mine.invalidate_by_tag("\x00") == 2
         [(stored,)] = await query(pg_url, "SELECT count(*) FROM entries")
         assert stored == 0
+
+
+@pytest.mark.parametrize("strategy, indexes", [
+    ("lru", {"access_by_recency"}), ("lfu", {"access_by_frequency"}),
+    ("fifo", {"entries_by_creation"}), ("ttl", {"entries_by_creation"}),
+])
+async def test_a_store_makes_only_its_strategys_eviction_index(pg_url, strategy, indexes):
+    async with CacheManager({"disk_cache_url": pg_url, "invalidation_strategy": strategy}):
+        pass
+    rows = await query(pg_url, "SELECT indexname FROM pg_indexes WHERE tablename IN ('entries', 'access')")
+    eviction = {"access_by_recency", "access_by_frequency", "entries_by_creation"}
+    assert {row["indexname"] for row in rows} & eviction == indexes

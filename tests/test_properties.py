@@ -15,9 +15,10 @@ from sqlcache._store import literal_prefix, prefix_successor
 
 # Keys and patterns over a small alphabet, so that patterns actually match generated keys;
 # it includes regex metacharacters, a code point past the BMP and one next to the surrogates.
-keys = st.text(alphabet=st.sampled_from("ab:.1é\U0001f600\ud7ff|"), max_size=6)
+keys = st.text(alphabet=st.sampled_from("ab:.1é\U0001f600\ud7ff|\x00 "), max_size=6)
 pattern_pieces = st.sampled_from(
-    ["a", "b", ":", "é", "\U0001f600", "\ud7ff", ".", ".*", "a*", "b?", "(a|b)", "a|b", "[ab]", "[]a]", "\\.", "\\:", "1{2}", "(?i)a", "^", "$"]
+    ["a", "b", ":", "é", "\U0001f600", "\ud7ff", ".", ".*", "a*", "b?", "(a|b)", "a|b", "[ab]", "[]a]", "\\.", "\\:", "1{2}", "(?i)a", "^", "$",
+     "(?#c)", "(?#(|)", "(?x: a b )", "(?:ab)", "(?i:a)", "\x00", "\\x00"]
 )
 patterns = st.lists(pattern_pieces, max_size=5).map("".join)
 

@@ -21,15 +21,22 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from conftest import FakeClock
 from sqlcache import CacheLevel, CacheManager
 
-KEYS = st.sampled_from([f"{kind}:{sym}:{frame}" for kind in ("md", "ob") for sym in ("BTC", "ETH") for frame in ("1m", "5m")])
-TAG_NAMES = st.sampled_from(["md", "BTC", "ETH", "1m"])
+# Keys and tags from all of text (hypothesis' text() is every code point but the surrogates),
+# mixed with a few that collide on purpose: near twins that differ after a NUL, empty, blank.
+NAMED_KEYS = [f"{kind}:{sym}:{frame}" for kind in ("md", "ob") for sym in ("BTC", "ETH") for frame in ("1m", "5m")]
+KEYS = st.one_of(st.sampled_from(NAMED_KEYS + ["md", "md\x00", "md\x00:BTC", "", " ", "\n", "ключ"]), st.text(max_size=6))
+TAG_NAMES = st.one_of(st.sampled_from(["md", "BTC", "ETH", "1m", "grp", "grp\x00A", "\x00", ""]), st.text(max_size=4))
 VALUES = st.one_of(
     st.integers(), st.text(max_size=8), st.none(), st.lists(st.integers(), max_size=3),
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=3), st.binary(max_size=6),
 )
 TTLS = st.sampled_from([None, 0, 1, 5, 30, 400])
 LEVELS = st.sampled_from(list(CacheLevel))
-PATTERNS = st.sampled_from(["md:BTC:.*", "md:", "ob:ETH:1m", ".*:1m", "(md|ob):ETH", "md:[BE]", "nothing"])
+PATTERNS = st.one_of(
+    st.sampled_from(["md:BTC:.*", "md:", "ob:ETH:1m", ".*:1m", "(md|ob):ETH", "md:[BE]", "nothing",
+                     "md\x00", "(?#comment)md:.*", "(?x: m d ):E", "md(?#x)*", "k(?#()|md"]),
+    KEYS.map(re.escape),
+)
 
 
 @dataclass

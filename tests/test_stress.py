@@ -65,6 +65,7 @@ def run_load(tmp_path: Path, phase: int, seconds: float, kills: int) -> tuple[Pa
     for k in range(kills):
         time.sleep(max(0.0, until - seconds * (1 - (k + 1) / (kills + 1)) - time.time()))
         name = sorted(workers)[k % PROCESSES]
+        _wait_for_an_acknowledged_set(logs / f"{name}.jsonl")
         victim = workers.pop(name)
         victim.send_signal(signal.SIGKILL)
         victim.wait()
@@ -75,6 +76,16 @@ def run_load(tmp_path: Path, phase: int, seconds: float, kills: int) -> tuple[Pa
         code = worker.wait(timeout=seconds + 120)
         assert code == 0, f"worker {name} exited with {code}: {(logs / f'{name}.err').read_text()[-3000:]}"
     return directory, load_history(sorted(logs.glob("*.jsonl"))), killed
+
+
+def _wait_for_an_acknowledged_set(history: Path, patience: float = 30.0) -> None:
+    """On a loaded machine an interpreter can take seconds to start: kill a worker only once it
+    has acknowledged a DISK/ALL set, so the kill always has something to lose."""
+    deadline = time.time() + patience
+    while time.time() < deadline:
+        if history.exists() and any(op.kind == "set" and op.ok and op.level != "memory" for op in load_history([history])):
+            return
+        time.sleep(0.05)
 
 
 def final_state(directory: Path, phase: int) -> tuple[list[DiskEntry], dict[str, int], dict, float]:

@@ -21,20 +21,20 @@ CREATE TABLE entries (
     expires_at  double precision                    -- NULL: never expires
 );
 CREATE INDEX entries_by_expiry ON entries (expires_at) WHERE expires_at IS NOT NULL;
-CREATE INDEX entries_by_creation ON entries (created_at);
+-- The eviction indexes (by creation, recency, frequency) are made by the store of the strategy
+-- that walks them (STRATEGY_INDEXES in sqlcache/_postgres.py), as on SQLite since its 0004.
 
 -- Updated by reads (batched: one UPDATE per key per access_flush_interval per process). LRU and
--- LFU evict by these columns, so they are indexed, and an indexed column's update cannot be HOT:
--- each one leaves a dead heap tuple and dead index entries. The table is narrow (three numbers)
--- so that cost is small; fillfactor 80 keeps the new version on the same page, and autovacuum
--- visits it after 2% of its rows changed instead of the default 20%.
+-- LFU evict by these columns, so a store of theirs indexes them, and an indexed column's update
+-- cannot be HOT: each one leaves a dead heap tuple and dead index entries. The table is narrow
+-- (three numbers) so that cost is small; fillfactor 80 keeps the new version on the same page
+-- (HOT when no index covers them, under FIFO and TTL), and autovacuum visits it after 2% of its
+-- rows changed instead of the default 20%.
 CREATE TABLE access (
     entry_id     bigint PRIMARY KEY,                -- entries.id
     accessed_at  double precision NOT NULL,         -- last read, or the write if never read
     access_count bigint NOT NULL DEFAULT 0          -- reads since the entry was first written
 ) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.05);
-CREATE INDEX access_by_recency ON access (accessed_at);
-CREATE INDEX access_by_frequency ON access (access_count, accessed_at);
 
 CREATE TABLE tags (
     tag      text COLLATE "C" NOT NULL,
