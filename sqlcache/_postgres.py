@@ -421,6 +421,7 @@ class PostgresStore:
             self._resync = True
 
     async def close(self) -> None:
+        self._bind_to_loop()  # connections of a finished loop are only left behind
         self._closed = True
         if self._reconnecting is not None:
             self._reconnecting.cancel()

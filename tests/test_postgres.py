@@ -549,6 +549,8 @@ def test_one_manager_serves_successive_event_loops(pg_url):
 
     asyncio.run(first())
     assert asyncio.run(second()) == ("from the first loop", "from the second loop", 0)
+    asyncio.run(first())
+    asyncio.run(manager.close())  # closing from yet another loop
 
 
 async def test_sets_of_one_key_in_one_batch_leave_the_last_value_and_tags(cache, pg_url):
