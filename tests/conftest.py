@@ -51,4 +51,4 @@ def pytest_configure(config):
 
 
 # A real PostgreSQL server (session) and a fresh database per test: tests/pg_server.py.
-from pg_server import pg_url, postgres_server  # noqa: E402,F401
+from pg_server import disk_config, pg_url, postgres_server  # noqa: E402,F401

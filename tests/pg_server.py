@@ -141,3 +141,21 @@ def postgres_server():
 def pg_url(postgres_server: PostgresServer) -> str:
     """The URL of a fresh, empty database on the session's server."""
     return postgres_server.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def disk_config(request, tmp_path):
+    """Config keys putting the disk tier on each store in turn, for tests of the contract both
+    keep: `disk_config(name="cache")` -> dict; managers given the same name share one disk (one
+    directory on SQLite, one database on PostgreSQL), as processes sharing a cache do."""
+    databases: dict[str, str] = {}
+
+    def make(name: str = "cache") -> dict:
+        config = {"disk_cache_dir": str(tmp_path / name)}
+        if request.param == "postgresql":
+            if name not in databases:
+                databases[name] = request.getfixturevalue("postgres_server").create_database()
+            config["disk_cache_url"] = databases[name]
+        return config
+
+    return make

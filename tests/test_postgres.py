@@ -553,6 +553,17 @@ def test_one_manager_serves_successive_event_loops(pg_url):
     asyncio.run(manager.close())  # closing from yet another loop
 
 
+async def test_a_later_process_sees_what_an_earlier_one_left_on_either_store(disk_config, clock):
+    async with CacheManager(disk_config(), clock=clock) as first:
+        await first.set("k", {"v": 1}, ttl=60, tags=["t"])
+        await first.set("gone", 1)
+        await first.delete("gone")
+    async with CacheManager(disk_config(), clock=clock) as second, CacheManager(disk_config("other"), clock=clock) as apart:
+        assert (await second.get("k"), await second.get("gone"), await apart.get("k")) == ({"v": 1}, None, None)
+        clock.advance(61)
+        assert await second.get("k") is None
+
+
 async def test_sets_of_one_key_in_one_batch_leave_the_last_value_and_tags(cache, pg_url):
     writes = []
     store = cache._store
