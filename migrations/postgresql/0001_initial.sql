@@ -4,8 +4,9 @@
 -- every batch of reads, live in the narrow `access` table so that updating them never copies the
 -- row holding the value. `tags` is the tag index, `counters` the entry count and byte total in
 -- 16 slots, `invalidations` the log other hosts read to drop stale copies from their memory tiers.
--- Statement-level triggers (one run per statement, over its transition tables) keep tags, access
--- and counters in step with `entries`. Times are epoch seconds (double precision); the views show
+-- Statement-level triggers (one run per statement, over its transition tables) keep access rows
+-- and counters in step with `entries` and drop the tag rows of a set that changed them; the store
+-- inserts tag rows itself, with bound parameters (as SQLite's 0003 does). Times are epoch seconds (double precision); the views show
 -- ISO-8601 UTC text like SQLite's. Keys and tags use the "C" collation: byte order, which for
 -- UTF-8 is code-point order, the order Python compares strings in; so the key index serves the
 -- prefix ranges of pattern invalidation.
