@@ -121,9 +121,11 @@ class GroupCommitter(Generic[Op]):
     error could be one op's (a value the driver cannot bind, not a lock or a full disk), every op
     of the batch is tried again in a transaction of its own, in order.
 
-    `apply_now(ops) -> results | None`, if given, is tried first for an op that finds nothing in
-    flight: it commits at once on the caller's own thread (no task, no future) or returns None,
-    having changed nothing, and the op joins the queue as usual.
+    `apply_now(ops) -> results | None`, if given, is the fast path: a batch that finds nothing in
+    flight is committed by one callback at the end of the current loop iteration (every write
+    submitted in that iteration shares it), on the loop's own thread, with no task; `apply_now`
+    returns None, having changed nothing, when the batch must wait, and then a task runs it
+    through `apply`.
     """
 
     def __init__(
@@ -137,22 +139,48 @@ class GroupCommitter(Generic[Op]):
         self._apply_now = apply_now
         self._queue: list[_Pending[Op]] = []
         self._task: asyncio.Task[None] | None = None
+        self._now_scheduled = False
 
     async def submit(self, op: Op, after_commit: Callable[[Any], Any] | None = None) -> Any:
-        if self._task is None and self._apply_now is not None:
-            results = self._apply_now([op])
-            if results is not None:
-                return results[0] if after_commit is None else after_commit(results[0])
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._queue.append(_Pending(op, future, after_commit))
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        if self._task is None and not self._now_scheduled:
+            if self._apply_now is not None:
+                self._now_scheduled = True
+                loop.call_soon(self._commit_now)
+            else:
+                self._start()
         return await future  # cancelling the caller cancels the future, never the write
 
     async def drain(self) -> None:
         """Wait until every submitted op has committed or failed."""
-        while self._task is not None:
-            await asyncio.shield(self._task)
+        while self._task is not None or self._now_scheduled:
+            if self._task is not None:
+                await asyncio.shield(self._task)
+            else:
+                await asyncio.sleep(0)
+
+    def _start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def _commit_now(self) -> None:
+        """The fast path's callback: commit the queue at once, or leave it to a task."""
+        self._now_scheduled = False
+        if self._task is not None or not self._queue:
+            return
+        assert self._apply_now is not None
+        batch = self._queue
+        try:
+            results = self._apply_now([pending.op for pending in batch])
+        except Exception:  # the task runs it again through `apply`, which finds the culprit
+            results = None
+        if results is None:
+            self._start()
+            return
+        self._queue = []
+        for pending, result in zip(batch, results):
+            _finish(pending, result)
 
     async def _run(self) -> None:
         try:

@@ -78,6 +78,9 @@ class CacheConfig:
     disk_cache_url: str | None = None
     """`postgresql://user:password@host/dbname` puts the disk tier in PostgreSQL (then
     `disk_cache_dir` is unused); `sqlite:///path/to/file.db` is the SQLite store at that file."""
+    ttl_jitter: float = 0.0
+    """Fraction j (0 <= j < 1): each set's ttl is multiplied by a random factor in [1 - j, 1],
+    so keys set together do not all expire together."""
 
     @property
     def db_path(self) -> Path:
@@ -123,6 +126,12 @@ def _positive_seconds(name: str, value: Any) -> float:
     if seconds == 0:
         raise ValueError(f"config key {name!r} must be > 0, got {value!r}")
     return seconds
+
+
+def _fraction(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"config key {name!r} must be a fraction >= 0 and < 1, got {value!r}")
+    return float(value)
 
 
 def _flag(name: str, value: Any) -> bool:
@@ -174,4 +183,5 @@ _VALIDATORS = {
     "purge_batch_size": _positive_count,
     "check_on_open": _flag,
     "disk_cache_url": _url,
+    "ttl_jitter": _fraction,
 }

@@ -24,10 +24,11 @@ import asyncio
 import inspect
 import logging
 import math
+import random
 import re
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from ._batching import GroupCommitter, ReadCoalescer
 from ._codecs import decode, encode
@@ -40,6 +41,7 @@ from ._store import (
     FlushReads,
     PurgeExpired,
     Put,
+    PutMany,
     Remove,
     RemoveAll,
     Removed,
@@ -47,6 +49,7 @@ from ._store import (
     RemoveTag,
     Store,
     StoredRow,
+    Touch,
     WriteOp,
     WriteResult,
     literal_prefix,
@@ -78,14 +81,80 @@ class _Flight:
         self.detached = False
 
 
+class _Spoiled:
+    """Keys a write or another process's change touched while a `get_many` read was in flight."""
+
+    __slots__ = ("keys", "everything")
+
+    def __init__(self) -> None:
+        self.keys: set[str] = set()
+        self.everything = False
+
+    def promotable(self, key: str) -> bool:
+        return not (self.everything or key in self.keys)
+
+
+class _Reader(ReadCoalescer[StoredRow]):
+    """The read coalescer, plus `load_many`: one fetch of many keys (`get_many`) under the rule
+    `load` keeps, a row whose key was touched while the fetch was in flight is answered but not
+    promoted, since it may carry the old value."""
+
+    def __init__(self, fetch: Callable[[Sequence[str]], Awaitable[dict[str, StoredRow]]]):
+        super().__init__(fetch)
+        self._fetch_many = fetch
+        self._watches: list[_Spoiled] = []
+
+    async def load_many(self, keys: Sequence[str]) -> tuple[dict[str, StoredRow], _Spoiled]:
+        """The stored rows of `keys`, read together; what the caller must not promote. The
+        caller promotes before it next awaits, so nothing can change between."""
+        watch = _Spoiled()
+        self._watches.append(watch)
+        try:
+            return await self._fetch_many(keys), watch
+        finally:
+            self._watches.remove(watch)
+
+    def spoil(self, key: str) -> None:
+        super().spoil(key)
+        for watch in self._watches:
+            watch.keys.add(key)
+
+    def spoil_all(self) -> None:
+        super().spoil_all()
+        for watch in self._watches:
+            watch.everything = True
+
+
+class _Stale(NamedTuple):
+    """A disk value past its ttl but inside its stale window, which `get_or_set(..., stale_ttl=)`
+    may serve while a background call refreshes it."""
+
+    value: Any
+    expires_at: float
+    stale_until: float
+
+
+class _Prepared(NamedTuple):
+    """One value of a set, checked and encoded, with its expiry (math.inf: never) and the end of
+    its stale window (0: none)."""
+
+    key: str
+    value: Any
+    data: bytes
+    codec: int
+    expires_at: float
+    stale_until: float
+
+
 class _LoopBound:
     """What belongs to one event loop: the batching layers, the loads in flight, the tasks."""
 
     def __init__(self, manager: "CacheManager", loop: asyncio.AbstractEventLoop):
         self.loop = loop
-        self.reader: ReadCoalescer[StoredRow] = ReadCoalescer(manager._read_rows)
+        self.reader = _Reader(manager._read_rows)
         self.committer: GroupCommitter[WriteOp] = GroupCommitter(manager._write, _may_be_one_ops_fault, manager._write_now)
         self.flights: dict[str, _Flight] = {}
+        self.refreshes: dict[str, _Flight] = {}  # background refreshes of stale values, one per key
         self.open_lock = asyncio.Lock()
         self.maintenance: asyncio.Task[None] | None = None
         self.flush: asyncio.Task[None] | None = None
@@ -109,10 +178,12 @@ class CacheManager:
         self._reads: dict[str, list[float]] = {}
         self._next_sync = -math.inf  # due at once: the first read opens the store
         self._committed_seq = 0  # log position of the latest batch this process committed
+        self._random = random.Random()  # draws the ttl_jitter factors
         # How gets were answered (their sum is the number of gets), and the other events.
         self._counts = dict.fromkeys(
             ("memory_hits", "disk_hits", "disk_misses", "memory_only_misses",
-             "sets", "deletes", "disk_evictions", "disk_expirations"),
+             "sets", "deletes", "disk_evictions", "disk_expirations",
+             "stale_hits", "stale_refreshes", "stale_refresh_errors"),
             0,
         )
         self._disk_figures = (0, 0)  # (entries, bytes) of the disk tier when get_stats last read them
@@ -144,6 +215,8 @@ class CacheManager:
         if bound.maintenance is not None:
             bound.maintenance.cancel()
             bound.maintenance = None
+        for refresh in list(bound.refreshes.values()):
+            refresh.future.cancel()  # a refresh finishing later must not reopen the file
         store = self._store
         if store is None:
             return
@@ -219,8 +292,9 @@ class CacheManager:
                 reads[1] = now
         return entry
 
-    async def _get_from_disk(self, key: str, now: float) -> Any:
-        """The live value of `key` on disk (promoted to memory), or `_MISSING`; not counted."""
+    async def _get_from_disk(self, key: str, now: float, stale_ttl: float = 0.0) -> Any:
+        """The live value of `key` on disk (promoted to memory), or `_MISSING`; not counted.
+        With `stale_ttl`, a value inside that much of its stale window comes back as `_Stale`."""
         if self._store is None and await self._disk() is None:
             return _MISSING
         if not key.isascii():
@@ -230,9 +304,15 @@ class CacheManager:
             row, promotable = rows.get(key), True  # nothing ran between the read and now
         else:
             row, promotable = await self._here().reader.load(key)
+        return self._row_value(key, row, promotable, now, stale_ttl)
+
+    def _row_value(self, key: str, row: StoredRow | None, promotable: bool, now: float, stale_ttl: float = 0.0) -> Any:
+        """The value of a disk row as `_get_from_disk` returns it, promoted if `promotable`."""
         if row is None:
             return _MISSING
-        if row.expires_at is not None and row.expires_at <= now:
+        expires_at = math.inf if row.expires_at is None else row.expires_at
+        stale_until = row.stale_until or 0.0
+        if expires_at <= now and not (stale_ttl and _stale_ok(expires_at, stale_until, stale_ttl, now)):
             self._counts["disk_expirations"] += 1
             return _MISSING
         try:
@@ -241,9 +321,65 @@ class CacheManager:
             logger.warning("sqlcache: cannot read the stored value of %s, treating it as a miss: %s", _shown(key), error)
             return _MISSING
         if promotable:
-            expires_at = math.inf if row.expires_at is None else row.expires_at
-            self._memory.set(key, Entry(value, expires_at, row.tags))
-        return value
+            self._memory.set(key, Entry(value, expires_at, row.tags, 0, stale_until))
+        return value if expires_at > now else _Stale(value, expires_at, stale_until)
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """The live values of those of `keys` that have one, in the order given.
+
+        Memory first; the keys memory misses are read from disk together, in one store read, and
+        promoted like `get` does. Each (distinct) key counts as one get.
+        """
+        keys = _keys(keys)
+        if time.monotonic() >= self._next_sync:
+            await self._sync()
+        now = self._clock()
+        found: dict[str, Any] = {}
+        missed = []
+        for key in keys:
+            entry = self._memory_hit(key, now)
+            if entry is None:
+                missed.append(key)
+            else:
+                found[key] = entry.value
+        if missed and (self._store is not None or await self._disk() is not None):
+            rows, spoiled = await self._here().reader.load_many(missed)
+            for key in missed:
+                value = self._row_value(key, rows.get(key), spoiled.promotable(key), now)
+                if value is not _MISSING:
+                    found[key] = value
+        for key in missed:
+            self._count_get(key, _DISK if key in found else _NOWHERE, now)
+        return {key: found[key] for key in keys if key in found}
+
+    async def exists(self, key: str) -> bool:
+        """Whether `key` has a live entry in any tier. Counts no get, promotes nothing and leaves
+        the LRU/LFU order as it was."""
+        expires_at, _ = await self._expiry(key)
+        return expires_at is not None
+
+    async def ttl(self, key: str) -> float | None:
+        """Seconds `key`'s live entry has left (`math.inf` if it never expires), None if there is
+        no live entry. Reads like `exists`."""
+        expires_at, now = await self._expiry(key)
+        return None if expires_at is None else expires_at - now
+
+    async def _expiry(self, key: str) -> tuple[float | None, float]:
+        """(the expiry of `key`'s live entry, math.inf for never, or None; the time it was
+        judged at), from memory, else disk, without counting or promoting."""
+        _check_key(key)
+        if time.monotonic() >= self._next_sync:
+            await self._sync()
+        now = self._clock()
+        entry = self._memory.peek(key)
+        if entry is not None and entry.expires_at > now:
+            return entry.expires_at, now
+        if self._store is None and await self._disk() is None:
+            return None, now
+        row, _ = await self._here().reader.load(key)
+        if row is None or (row.expires_at is not None and row.expires_at <= now):
+            return None, now
+        return (math.inf if row.expires_at is None else row.expires_at), now
 
     def _count_get(self, key: str, source: str | None, now: float) -> None:
         """Count one caller's get that missed memory, answered by `source` (disk, or neither)."""
@@ -291,59 +427,144 @@ class CacheManager:
         """
         await self._set(key, value, ttl, level, tags)
 
-    async def _set(
-        self, key: str, value: Any, ttl: Any, level: Any, tags: Any, since: int | None = None
+    async def set_many(
+        self,
+        mapping: Mapping[str, Any],
+        ttl: float | None = None,
+        level: CacheLevel | str = CacheLevel.ALL,
+        tags: Iterable[str] | None = None,
     ) -> None:
-        """`set`, or with `since` (a log position) a loader's store that yields to any newer change."""
+        """`set` of every key and value of `mapping`, in one transaction: every key and value is
+        checked (and encoded) first, so one bad one raises and nothing is stored. With
+        `ttl_jitter`, each key gets its own jittered ttl."""
+        if not isinstance(mapping, Mapping):
+            raise TypeError(f"set_many takes a mapping of keys to values, not {type(mapping).__name__}")
+        for key in mapping:
+            _check_key(key)
+        await self._store_values(mapping, ttl, level, tags)
+
+    async def _set(
+        self, key: str, value: Any, ttl: Any, level: Any, tags: Any, since: int | None = None, stale_ttl: float = 0.0
+    ) -> None:
+        """`set`, or with `since` (a log position) a loader's store that yields to any newer change;
+        `stale_ttl` keeps the row that long past its ttl (see `get_or_set`)."""
         _check_key(key)
+        await self._store_values({key: value}, ttl, level, tags, since, stale_ttl)
+
+    async def _store_values(
+        self, mapping: Mapping[str, Any], ttl: Any, level: Any, tags: Any, since: int | None = None, stale_ttl: float = 0.0
+    ) -> None:
+        """Store the (checked) keys of `mapping` with one write op, then update the memory tier."""
         level = _level(level)
         tags = _tags(tags)
         ttl = self._ttl(ttl)
-        data, codec = encode(value, self.config.allow_pickle)
         now = self._clock()
-        expires_at = now + ttl if ttl else math.inf
-        if level is not CacheLevel.MEMORY and len(data) + len(key.encode()) > self.config.disk_max_size:
-            raise ValueError(
-                f"value of {_shown(key)} takes {len(data)} bytes, more than disk_max_size ({self.config.disk_max_size})"
-            )
+        prepared = [self._prepare(key, value, ttl, level, stale_ttl, now) for key, value in mapping.items()]
+        if level is not CacheLevel.MEMORY and len(prepared) > 1:
+            total = sum(len(item.data) + len(item.key.encode()) for item in prepared)
+            if total > self.config.disk_max_size:
+                raise ValueError(
+                    f"the {len(prepared)} values take {total} bytes together, more than disk_max_size ({self.config.disk_max_size})"
+                )
+        if not prepared:
+            return
         store = await self._disk()
         bound = self._here()
-        self._counts["sets"] += 1
+        self._counts["sets"] += len(prepared)
         if since is None:
-            self._detach_flights(bound, key)
+            for item in prepared:
+                self._detach_flights(bound, item.key)
         if store is None:
-            self._memory.set(key, Entry(value, expires_at, tags))
+            for item in prepared:
+                self._memory.set(item.key, Entry(item.value, item.expires_at, tags, 0, item.stale_until))
             return
 
         def after_commit(result: Any) -> None:
             if result is None:
                 return  # a loader's result that a newer change overtook: the newer state stays
-            bound.reader.spoil(key)
-            if level is CacheLevel.DISK:
-                self._memory.discard(key)
-            else:
-                self._memory.set(key, Entry(value, expires_at, tags, self._committed_seq))
+            for item in prepared:
+                bound.reader.spoil(item.key)
+                if level is CacheLevel.DISK:
+                    self._memory.discard(item.key)
+                else:
+                    self._memory.set(item.key, Entry(item.value, item.expires_at, tags, self._committed_seq, item.stale_until))
 
         if level is CacheLevel.MEMORY:
-            op: WriteOp = Remove((key,), since, tags)  # an older disk copy must not come back
+            op: WriteOp = Remove(tuple(mapping), since, tags)  # an older disk copy must not come back
         else:
-            op = Put(key, data, codec, tags, now, None if expires_at == math.inf else expires_at, since)
+            puts = tuple(
+                Put(item.key, item.data, item.codec, tags, now, None if item.expires_at == math.inf else item.expires_at,
+                    since, item.stale_until or None)
+                for item in prepared
+            )
+            op = puts[0] if len(puts) == 1 else PutMany(puts)
         await bound.committer.submit(op, after_commit)
+
+    def _prepare(self, key: str, value: Any, ttl: float, level: CacheLevel, stale_ttl: float, now: float) -> _Prepared:
+        """`value` encoded and checked against `disk_max_size`, with its (jittered) expiry."""
+        data, codec = encode(value, self.config.allow_pickle)
+        if level is not CacheLevel.MEMORY and len(data) + len(key.encode()) > self.config.disk_max_size:
+            raise ValueError(
+                f"value of {_shown(key)} takes {len(data)} bytes, more than disk_max_size ({self.config.disk_max_size})"
+            )
+        if ttl and self.config.ttl_jitter:
+            ttl *= 1 - self.config.ttl_jitter * self._random.random()
+        expires_at = now + ttl if ttl else math.inf
+        return _Prepared(key, value, data, codec, expires_at, expires_at + stale_ttl if ttl and stale_ttl else 0.0)
+
+    async def touch(self, key: str, ttl: float | None = None) -> bool:
+        """Give `key`'s live entry the expiry now + `ttl` (`default_ttl` when None, 0: never) in
+        every tier, keeping its value and tags; True if there was a live entry. Other processes
+        drop their memory copies, which carry the old expiry."""
+        _check_key(key)
+        ttl = self._ttl(ttl)
+        now = self._clock()
+        expires_at = now + ttl if ttl else math.inf
+        bound = self._here()
+
+        def touch_memory(on_disk: bool) -> bool:
+            entry = self._memory.peek(key)
+            if entry is None or entry.expires_at <= now:
+                return on_disk
+            window = max(0.0, entry.stale_until - entry.expires_at)  # the stale window moves along
+            self._memory.set(key, entry._replace(expires_at=expires_at, stale_until=expires_at + window if window else 0.0))
+            return True
+
+        if await self._disk() is None:
+            return touch_memory(False)
+
+        def after_commit(on_disk: bool) -> bool:
+            bound.reader.spoil(key)  # a read in flight may carry the old expiry
+            return touch_memory(on_disk)
+
+        op = Touch(key, None if expires_at == math.inf else expires_at, now)
+        return await bound.committer.submit(op, after_commit)
 
     async def delete(self, key: str) -> bool:
         """Remove `key` from every tier; True if a live value was removed."""
         _check_key(key)
+        return bool(await self._delete((key,)))
+
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        """Remove `keys` from every tier, in one write; the number of live keys removed."""
+        return await self._delete(_keys(keys))
+
+    async def _delete(self, keys: tuple[str, ...]) -> int:
         now = self._clock()
-        self._counts["deletes"] += 1
+        self._counts["deletes"] += len(keys)
+        if not keys:
+            return 0
         bound = self._here()
 
         def drop_from_memory() -> KeySet:
-            bound.reader.spoil(key)
-            return self._memory.invalidate_keys((key,), now)
+            for key in keys:
+                bound.reader.spoil(key)
+            return self._memory.invalidate_keys(keys, now)
 
-        self._detach_flights(bound, key)
+        for key in keys:
+            self._detach_flights(bound, key)
 
-        return bool(await self._invalidate(Remove((key,)), drop_from_memory, now))
+        return await self._invalidate(Remove(keys), drop_from_memory, now)
 
     async def invalidate_by_tag(self, tag: str) -> int:
         """Remove every entry tagged `tag`; the number of live keys removed."""
@@ -441,6 +662,8 @@ class CacheManager:
         ttl: float | None = None,
         level: CacheLevel | str = CacheLevel.ALL,
         tags: Iterable[str] | None = None,
+        *,
+        stale_ttl: float = 0,
     ) -> Any:
         """The cached value of `key`, or `await loader()` stored under it on a miss.
 
@@ -448,49 +671,105 @@ class CacheManager:
         on a miss there, one loader call; a caller cancelled while waiting does not cancel the
         load for the others. Each caller counts as one get. The loader's result is not stored if
         a set, delete or invalidation of the key committed after the load began.
+
+        `stale_ttl` (seconds, stale-while-revalidate): the stored entry is kept that long past
+        its ttl, and for that long the old value is returned at once while one background
+        `loader()` call per key refreshes it. A failed refresh is logged and counted
+        (`stale_refresh_errors`), and the old value is served until the window ends.
         """
         _check_key(key)
         # Refuse bad arguments before anything is loaded.
         _level(level)
         _tags(tags)
         self._ttl(ttl)
+        stale_ttl = _stale_ttl(stale_ttl)
         if time.monotonic() >= self._next_sync:
             await self._sync()
-        entry = self._memory_hit(key, self._clock())
+        now = self._clock()
+        entry = self._memory_hit(key, now)
         if entry is not None:
             return entry.value
         bound = self._here()
+        if stale_ttl:
+            entry = self._memory.peek(key)
+            if entry is not None and _stale_ok(entry.expires_at, entry.stale_until, stale_ttl, now):
+                self._counts["memory_hits"] += 1  # a stale value served from memory
+                self._note_read(key, now)
+                self._refresh_in_background(bound, key, loader, ttl, level, tags, stale_ttl)
+                return entry.value
         flight = bound.flights.get(key)
         if flight is None:
-            flight = bound.flights[key] = _Flight()
-            flight.future = asyncio.ensure_future(self._get_or_load(key, loader, ttl, level, tags, flight))
-            flight.future.add_done_callback(lambda done: _end_flight(bound.flights, key, flight))
+            flight = _start_flight(
+                bound.flights, key, lambda flight: self._get_or_load(key, loader, ttl, level, tags, stale_ttl, flight)
+            )
         value, source = await asyncio.shield(flight.future)
-        self._count_get(key, source, self._clock())
+        now = self._clock()
+        if isinstance(value, _Stale):  # the load this caller joined accepted a stale value
+            if stale_ttl and _stale_ok(value.expires_at, value.stale_until, stale_ttl, now):
+                self._refresh_in_background(bound, key, loader, ttl, level, tags, stale_ttl)
+                value = value.value
+            else:  # ... but this caller does not
+                value, source = await self._get_or_load(key, loader, ttl, level, tags, 0.0, _Flight())
+        self._count_get(key, source, now)
         return value
 
     async def _get_or_load(
-        self, key: str, loader: Callable[[], Any], ttl: Any, level: Any, tags: Any, flight: _Flight
+        self, key: str, loader: Callable[[], Any], ttl: Any, level: Any, tags: Any, stale_ttl: float, flight: _Flight
     ) -> tuple[Any, str | None]:
-        value = await self._get_from_disk(key, self._clock())
+        value = await self._get_from_disk(key, self._clock(), stale_ttl)
         if value is not _MISSING:
             return value, _DISK
+        return await self._load(key, loader, ttl, level, tags, stale_ttl, flight), _NOWHERE
+
+    async def _load(
+        self, key: str, loader: Callable[[], Any], ttl: Any, level: Any, tags: Any, stale_ttl: float, flight: _Flight
+    ) -> Any:
+        """`await loader()`, stored under `key` unless a change to it committed meanwhile (with no
+        disk tier, unless a local change detached `flight`, the load or refresh running this)."""
         store = self._store
         since = await store.log_position() if store is not None else None
         value = loader()
         if inspect.isawaitable(value):
             value = await value
         if store is not None or not flight.detached:  # with no disk tier there is no log to ask
-            await self._set(key, value, ttl, level, tags, since)
-        return value, _NOWHERE
+            await self._set(key, value, ttl, level, tags, since, stale_ttl)
+        return value
+
+    def _refresh_in_background(
+        self, bound: _LoopBound, key: str, loader: Callable[[], Any], ttl: Any, level: Any, tags: Any, stale_ttl: float
+    ) -> None:
+        """Count a stale value served, and start refreshing `key` unless a refresh is running."""
+        self._counts["stale_hits"] += 1
+        if key not in bound.refreshes:
+            _start_flight(
+                bound.refreshes, key, lambda refresh: self._refresh(key, loader, ttl, level, tags, stale_ttl, refresh)
+            )
+
+    async def _refresh(
+        self, key: str, loader: Callable[[], Any], ttl: Any, level: Any, tags: Any, stale_ttl: float, refresh: _Flight
+    ) -> None:
+        self._counts["stale_refreshes"] += 1
+        try:
+            await self._load(key, loader, ttl, level, tags, stale_ttl, refresh)
+        except Exception as error:
+            self._counts["stale_refresh_errors"] += 1
+            logger.warning(
+                "sqlcache: background refresh of %s failed; its stale value is served until its window ends: %s",
+                _shown(key), error,
+            )
 
     @staticmethod
     def _detach_flights(bound: _LoopBound, key: str | None) -> None:
-        """A change to `key` (None: to any key) detaches the loads in flight it may touch."""
+        """A change to `key` (None: to any key) detaches the loads in flight it may touch, and
+        marks the refreshes it may touch (kept listed: one refresh per key, and `close` cancels it)."""
         for flight_key in [key] if key is not None else list(bound.flights):
             flight = bound.flights.pop(flight_key, None)
             if flight is not None:
                 flight.detached = True
+        for refresh_key in [key] if key is not None else list(bound.refreshes):
+            refresh = bound.refreshes.get(refresh_key)
+            if refresh is not None:
+                refresh.detached = True
 
     # ------------------------------------------------------------------ coherence
 
@@ -611,6 +890,9 @@ class CacheManager:
             "hit_rate": _rate(hits, gets),
             "sets": counts["sets"],
             "deletes": counts["deletes"],
+            "stale_hits": counts["stale_hits"],
+            "stale_refreshes": counts["stale_refreshes"],
+            "stale_refresh_errors": counts["stale_refresh_errors"],
             "evictions": self._memory.evictions + counts["disk_evictions"],
             "memory_evictions": self._memory.evictions,
             "disk_evictions": counts["disk_evictions"],
@@ -656,6 +938,20 @@ class CacheManager:
         return cached(lambda: self, ttl, key=key, tags=tags, level=level, stale_ttl=stale_ttl)
 
 
+def _start_flight(flights: dict[str, _Flight], key: str, work: Callable[[_Flight], Awaitable[Any]]) -> _Flight:
+    """Run `work(flight)` as the flight of `key` in `flights`, which forgets it when it is done."""
+    flight = flights[key] = _Flight()
+    flight.future = asyncio.ensure_future(work(flight))
+    flight.future.add_done_callback(lambda done: _end_flight(flights, key, flight))
+    return flight
+
+
+def _stale_ok(expires_at: float, stale_until: float, stale_ttl: float, now: float) -> bool:
+    """Whether an entry past its ttl may still be served by a get_or_set allowing `stale_ttl`:
+    inside both its stored stale window and `stale_ttl` seconds after its expiry."""
+    return now < min(stale_until, expires_at + stale_ttl)
+
+
 def _end_flight(flights: dict[str, _Flight], key: str, flight: _Flight) -> None:
     if flights.get(key) is flight:
         del flights[key]
@@ -697,15 +993,36 @@ def _level(level: Any) -> CacheLevel:
         raise ValueError(f"level must be a CacheLevel or one of 'memory', 'disk', 'all', got {level!r}") from None
 
 
+def _string_list(what: str, items: Any) -> tuple[Any, ...]:
+    """`items` (keys or tags) as a tuple; a single string or a non-iterable is refused."""
+    if isinstance(items, (str, bytes)):
+        raise TypeError(f"{what} must be a list of strings, not a single string")
+    try:
+        return tuple(items)
+    except TypeError:
+        raise TypeError(f"{what} must be a list of strings, not {type(items).__name__}") from None
+
+
+def _keys(keys: Any) -> tuple[str, ...]:
+    """`keys` of a *_many call, checked, without repeats, in their order."""
+    keys = _string_list("keys", keys)
+    for key in keys:
+        _check_key(key)
+    return tuple(dict.fromkeys(keys))
+
+
+def _stale_ttl(stale_ttl: Any) -> float:
+    if isinstance(stale_ttl, bool) or not isinstance(stale_ttl, (int, float)):
+        raise TypeError(f"stale_ttl must be a number of seconds, not {type(stale_ttl).__name__}")
+    if not math.isfinite(stale_ttl) or stale_ttl < 0:
+        raise ValueError(f"stale_ttl must be a finite number of seconds >= 0, got {stale_ttl!r}")
+    return float(stale_ttl)
+
+
 def _tags(tags: Any) -> tuple[str, ...]:
     if tags is None:
         return ()
-    if isinstance(tags, (str, bytes)):
-        raise TypeError("tags must be a list of strings, not a single string")
-    try:
-        tags = tuple(tags)
-    except TypeError:
-        raise TypeError(f"tags must be a list of strings, not {type(tags).__name__}") from None
+    tags = _string_list("tags", tags)
     for tag in tags:
         _check_text("tag", tag)
     return tuple(sorted(set(tags)))

@@ -29,6 +29,14 @@ class Entry(NamedTuple):
     seq: int = 0
     """Log position of the write that made it (0: read from disk). A change another process
     logged before that position is older than this entry and must not remove it."""
+    stale_until: float = 0.0
+    """End of the stale window after `expires_at` in which `get_or_set(..., stale_ttl=)` may
+    still serve the value (0: none). `get` never returns it past `expires_at`."""
+
+    @property
+    def ends_at(self) -> float:
+        """When the entry may be dropped as expired: the end of its stale window, else its expiry."""
+        return max(self.expires_at, self.stale_until)
 
 
 ANY_AGE = math.inf
@@ -47,21 +55,21 @@ class _ExpiringFirst(cachetools.Cache):
     def __setitem__(self, key: str, entry: Entry) -> None:
         super().__setitem__(key, entry)
         if entry.expires_at != math.inf:
-            heapq.heappush(self._expiries, (entry.expires_at, key))
+            heapq.heappush(self._expiries, (entry.ends_at, key))
             if len(self._expiries) > 2 * len(self) + 64:
                 self._compact_expiries()
 
     def _compact_expiries(self) -> None:
-        self._expiries = [(entry.expires_at, key) for key, entry in self.items() if entry.expires_at != math.inf]
+        self._expiries = [(entry.ends_at, key) for key, entry in self.items() if entry.expires_at != math.inf]
         heapq.heapify(self._expiries)
 
     def _soonest_expiring(self) -> tuple[float, str] | None:
-        """The live (expiry, key) pair at the top of the heap, dropping stale pairs on the way."""
+        """The live (end of life, key) pair at the top of the heap, dropping stale pairs on the way."""
         heap = self._expiries
         while heap:
             expires_at, key = heap[0]
             # cachetools.Cache.__getitem__ reads without touching the LRU/LFU order.
-            if key in self and cachetools.Cache.__getitem__(self, key).expires_at == expires_at:
+            if key in self and cachetools.Cache.__getitem__(self, key).ends_at == expires_at:
                 return expires_at, key
             heapq.heappop(heap)
         return None
@@ -126,16 +134,23 @@ class MemoryTier:
         return len(self._cache)
 
     def get(self, key: str, now: float) -> Entry | None:
-        """The live entry for `key`, or None; an expired entry is dropped here."""
+        """The live entry for `key`, or None; an expired entry is dropped here (once its stale
+        window, if any, is over too)."""
         cache = self._cache
         if key not in cache:  # cheaper than the KeyError a cachetools miss raises
             return None
         entry = cache[key]
         if entry.expires_at <= now:
-            self.expirations += 1
-            self.discard(key)
+            if entry.stale_until <= now:
+                self.expirations += 1
+                self.discard(key)
             return None
         return entry
+
+    def peek(self, key: str) -> Entry | None:
+        """The entry held for `key`, expired or not, without counting a use (LRU/LFU order stays)."""
+        cache = self._cache
+        return cachetools.Cache.__getitem__(cache, key) if key in cache else None
 
     def set(self, key: str, entry: Entry) -> None:
         """Store `entry`, replacing the key's old one in place: LFU keeps the key's count."""

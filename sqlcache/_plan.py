@@ -13,14 +13,16 @@ Statement names and their parameters (each engine's table gives every one):
 | name | parameters | returns |
 |---|---|---|
 | record_reads | many (count, last_read, key) | - |
-| upsert_entry | (key, value, codec, size, tags_json, created_at, expires_at) | [(id,)] |
+| upsert_entry | (key, value, codec, size, tags_json, created_at, expires_at) | [(id,)] (a replaced entry's stale_until becomes NULL) |
+| set_stale_until | (stale_until, id) | - |
 | insert_tag | many (tag, entry_id) | - |
+| touch_entry | (expires_at, expires_at, key, now) | [(key,)] (the live entry it updated) |
 | delete_key | (key,) | [(key, expires_at)] |
 | delete_tag | (tag,) | [(key, expires_at)] |
 | delete_pattern_in_range | (low, high, pattern) | [(key, expires_at)] |
 | delete_pattern_anywhere | (pattern,) | [(key, expires_at)] |
 | delete_all | () | [(key, expires_at)] |
-| delete_expired | (now, limit) | [(size,)] |
+| delete_expired | (now, limit) | [(size,)] (ended at `now`: stale window over, or expired without one) |
 | read_size | () | [(entries, bytes)] |
 | victims_lru / _lfu / _fifo / _ttl | (limit,) | [(id, key, size)] |
 | delete_id | many (id,) | - |
@@ -46,12 +48,14 @@ from ._store import (
     FlushReads,
     PurgeExpired,
     Put,
+    PutMany,
     ReadCounts,
     Remove,
     RemoveAll,
     Removed,
     RemovePattern,
     RemoveTag,
+    Touch,
     WriteOp,
     WriteResult,
     prefix_successor,
@@ -128,12 +132,20 @@ def write_batch(
             if (yield from changed_since(op.unless_changed_since, key, op.tags, origin, log)):
                 results.append(None)
                 continue
-        if isinstance(op, Put):
-            [(entry_id,)] = yield Query("upsert_entry", _entry_row(op))
-            if op.tags:
-                yield Query("insert_tag", [(tag, entry_id) for tag in op.tags], many=True)
-            written.add(op.key)
+        if isinstance(op, (Put, PutMany)):
+            for put in op.puts if isinstance(op, PutMany) else (op,):
+                [(entry_id,)] = yield Query("upsert_entry", _entry_row(put))
+                if put.stale_until is not None:
+                    yield Query("set_stale_until", (put.stale_until, entry_id))
+                if put.tags:
+                    yield Query("insert_tag", [(tag, entry_id) for tag in put.tags], many=True)
+                written.add(put.key)
             results.append(True)
+        elif isinstance(op, Touch):
+            touched = bool((yield Query("touch_entry", (op.expires_at, op.expires_at, op.key, op.now))))
+            results.append(touched)
+            if not touched:
+                continue  # no live entry: nothing changed, nothing to log
         elif isinstance(op, PurgeExpired):
             results.append(len((yield Query("delete_expired", (op.now, op.limit)))))
         elif isinstance(op, FlushReads):
@@ -239,8 +251,10 @@ def _entry_row(op: Put) -> tuple[Any, ...]:
 
 
 def _log_rows(op: WriteOp, origin: str, wall: float) -> list[tuple[str, str, str, float]]:
-    if isinstance(op, Put):
+    if isinstance(op, (Put, Touch)):
         changes = [("key", op.key)]
+    elif isinstance(op, PutMany):
+        changes = [("key", put.key) for put in op.puts]
     elif isinstance(op, Remove):
         changes = [("key", key) for key in op.keys]
     elif isinstance(op, RemoveTag):

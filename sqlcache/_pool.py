@@ -312,10 +312,41 @@ class ResourcePool:
         loader: Callable[[], Awaitable[Any] | Any],
         ttl: float | None = None,
         tags: Iterable[str] | None = None,
+        *,
+        stale_ttl: float = 0,
     ) -> Any:
         """The cached value of `key`, or `loader()`'s result cached for `ttl` (`cache_ttl` when
-        None). Concurrent callers missing the same key share one loader call."""
-        return await self.cache_manager.get_or_set(key, loader, self._ttl(ttl), tags=tags)
+        None). Concurrent callers missing the same key share one loader call; `stale_ttl` as in
+        `CacheManager.get_or_set`."""
+        return await self.cache_manager.get_or_set(key, loader, self._ttl(ttl), tags=tags, stale_ttl=stale_ttl)
+
+    async def cache_get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """The cached values of those of `keys` that have one."""
+        return await self.cache_manager.get_many(keys)
+
+    async def cache_set_many(
+        self, mapping: Mapping[str, Any], ttl: float | None = None, tags: Iterable[str] | None = None
+    ) -> None:
+        """Cache every value of `mapping` in every tier for `ttl` seconds (`cache_ttl` when None),
+        in one transaction."""
+        await self.cache_manager.set_many(mapping, self._ttl(ttl), tags=tags)
+
+    async def cache_delete_many(self, keys: Iterable[str]) -> int:
+        """Remove `keys`; the number of live values removed."""
+        return await self.cache_manager.delete_many(keys)
+
+    async def cache_exists(self, key: str) -> bool:
+        """Whether `key` has a live cached value (not counted as a get)."""
+        return await self.cache_manager.exists(key)
+
+    async def cache_ttl_left(self, key: str) -> float | None:
+        """Seconds `key` has left (`math.inf`: no expiry), None if it has no live value.
+        (`CacheManager.ttl`; not `cache_ttl`, which is the pool's default ttl attribute.)"""
+        return await self.cache_manager.ttl(key)
+
+    async def cache_touch(self, key: str, ttl: float | None = None) -> bool:
+        """Give `key` the expiry now + `ttl` (`cache_ttl` when None); True if it had a live value."""
+        return await self.cache_manager.touch(key, self._ttl(ttl))
 
     def cached(self, ttl: float | None = None, *, key: KeyMaker = None, tags: Iterable[str] | None = None,
                level: CacheLevel | str = CacheLevel.ALL, stale_ttl: float = 0) -> CachedDecorator:

@@ -59,10 +59,12 @@ from ._store import (
     Changes,
     FlushReads,
     Put,
+    PutMany,
     PurgeExpired,
     ReadCounts,
     Remove,
     StoredRow,
+    Touch,
     WriteOp,
     WriteResult,
 )
@@ -92,12 +94,12 @@ MMAP_BYTES = 256 * 1024 * 1024
 """`mmap_size` of each connection: a hot read is a memory access (measured in perf-floors.md)."""
 
 # Statements a batch can run on the loop: their work is bounded by the batch's own size.
-_QUICK_OPS = (Put, Remove, PurgeExpired, FlushReads)
+_QUICK_OPS = (Put, PutMany, Touch, Remove, PurgeExpired, FlushReads)
 
 # ---------------------------------------------------------------- reads
 
 # One key, by the unique index on entries.key.
-READ_ONE = "SELECT value, codec, expires_at, tags FROM entries WHERE key = ?"
+READ_ONE = "SELECT value, codec, expires_at, tags, stale_until FROM entries WHERE key = ?"
 
 # Entry count and bytes, kept by triggers so that this is O(1).
 READ_SIZE = "SELECT entries, bytes FROM counters WHERE id = 1"
@@ -112,7 +114,7 @@ READ_LAST_SEQ = "SELECT coalesce(max(seq), 0) FROM invalidations"
 
 # The index each strategy's victims query walks, made on open by the store that evicts by it
 # (migration 0004 explains why they are not all kept); TTL falls back to FIFO for entries that
-# never expire, and its own order is the expiry index every strategy has.
+# never expire, and its own order is the end-of-life index every strategy has (entries_by_end).
 STRATEGY_INDEXES = {
     InvalidationStrategy.LRU: ("CREATE INDEX IF NOT EXISTS access_by_recency ON access (accessed_at)",),
     InvalidationStrategy.LFU: ("CREATE INDEX IF NOT EXISTS access_by_frequency ON access (access_count, accessed_at)",),
@@ -134,8 +136,16 @@ STATEMENTS = {
         VALUES (?, ?, ?, ?, ?, ?, ?)
         ON CONFLICT (key) DO UPDATE SET
             value = excluded.value, codec = excluded.codec, size = excluded.size, tags = excluded.tags,
-            created_at = excluded.created_at, expires_at = excluded.expires_at
+            created_at = excluded.created_at, expires_at = excluded.expires_at, stale_until = NULL
         RETURNING id""",
+    # Give the entry just written a stale window: its row outlives expires_at until then.
+    "set_stale_until": "UPDATE entries SET stale_until = ? WHERE id = ?",
+    # A new expiry for a live entry, by the key index; its stale window (if any) moves with it.
+    # The right-hand sides read the old row, so the window keeps its length.
+    "touch_entry": """
+        UPDATE entries SET stale_until = ? + (stale_until - expires_at), expires_at = ?
+        WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)
+        RETURNING key""",
     # Index one tag of an entry (already indexed when a set keeps the same tags).
     "insert_tag": "INSERT OR IGNORE INTO tags (tag, entry_id) VALUES (?, ?)",
     # Delete one key, by the key index.
@@ -151,10 +161,13 @@ STATEMENTS = {
     # A pattern with no literal prefix has no range to narrow by: this one scans the keys.
     "delete_pattern_anywhere": "DELETE FROM entries WHERE key REGEXP ? RETURNING key, expires_at",
     "delete_all": "DELETE FROM entries RETURNING key, expires_at",
-    # Delete up to N expired entries, soonest expired first, by the partial expiry index.
+    # Delete up to N entries whose life ended (the stale window's end, else the expiry), soonest
+    # ended first, by the partial index entries_by_end (migration 0005).
     "delete_expired": """
         DELETE FROM entries WHERE id IN (
-            SELECT id FROM entries WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)
+            SELECT id FROM entries
+            WHERE expires_at IS NOT NULL AND coalesce(stale_until, expires_at) <= ?
+            ORDER BY coalesce(stale_until, expires_at) LIMIT ?)
         RETURNING size""",
     "read_size": READ_SIZE,
     # Eviction candidates in the order each strategy gives them up, by the index serving it.
@@ -167,7 +180,7 @@ STATEMENTS = {
     "victims_fifo": "SELECT id, key, size FROM entries ORDER BY created_at LIMIT ?",
     "victims_ttl": """
         SELECT id, key, size FROM entries WHERE expires_at IS NOT NULL
-        ORDER BY expires_at LIMIT ?""",
+        ORDER BY coalesce(stale_until, expires_at) LIMIT ?""",
     "delete_id": "DELETE FROM entries WHERE id = ?",
     # Append to the log other processes read to drop stale memory copies. A seq is max+1 and
     # the trim keeps the newest rows, so seqs are never reused and never skip a number.
@@ -413,8 +426,8 @@ class SQLiteStore:
         for key in keys:
             row = db.execute(READ_ONE, (key,)).fetchone()
             if row is not None:
-                data, codec, expires_at, tags = row
-                found[key] = StoredRow(data, codec, expires_at, _plan.decode_tags(tags))
+                data, codec, expires_at, tags, stale_until = row
+                found[key] = StoredRow(data, codec, expires_at, _plan.decode_tags(tags), stale_until)
         return found
 
     async def size(self) -> tuple[int, int]:
@@ -477,7 +490,7 @@ class SQLiteStore:
             self._durability is Durability.NORMAL
             and len(reads) <= LOOP_WRITE_MAX_READS
             and all(isinstance(op, _QUICK_OPS) for op in ops)
-            and sum(len(op.data) for op in ops if isinstance(op, Put)) <= LOOP_WRITE_MAX_BYTES
+            and sum(len(put.data) for op in ops for put in _puts(op)) <= LOOP_WRITE_MAX_BYTES
         )
 
     def _write_now(
@@ -544,6 +557,13 @@ def _execute(db: sqlite3.Connection, query: _plan.Query) -> list[Any]:
         db.executemany(sql, query.params)
         return []
     return db.execute(sql, query.params).fetchall()
+
+
+def _puts(op: WriteOp) -> Sequence[Put]:
+    """The entries `op` writes."""
+    if isinstance(op, PutMany):
+        return op.puts
+    return (op,) if isinstance(op, Put) else ()
 
 
 def _opened(connection: sqlite3.Connection | None) -> sqlite3.Connection:

@@ -19,6 +19,8 @@ class StoredRow(NamedTuple):
     codec: int
     expires_at: float | None
     tags: tuple[str, ...]
+    stale_until: float | None = None
+    """End of the stale window `get_or_set(..., stale_ttl=)` may serve the value in (None: none)."""
 
 
 class Removed(NamedTuple):
@@ -44,6 +46,26 @@ class Put:
     created_at: float
     expires_at: float | None
     unless_changed_since: int | None = None
+    stale_until: float | None = None
+    """Keep the row until then (after `expires_at`) for stale-while-revalidate; None: no window."""
+
+
+@dataclass(frozen=True)
+class PutMany:
+    """Several unconditional `Put`s as one op (`set_many`): one result, so the group committer
+    never splits them, and they commit in one transaction or not at all."""
+
+    puts: tuple[Put, ...]
+
+
+@dataclass(frozen=True)
+class Touch:
+    """Give `key`'s live entry (unexpired at `now`) the expiry `expires_at` (None: never),
+    shifting its stale window by as much; its value and tags stay."""
+
+    key: str
+    expires_at: float | None
+    now: float
 
 
 @dataclass(frozen=True)
@@ -86,9 +108,10 @@ class FlushReads:
     """Write nothing but the pending read statistics that ride along with every batch."""
 
 
-WriteOp = Union[Put, Remove, RemoveTag, RemovePattern, RemoveAll, PurgeExpired, FlushReads]
-"""Results: `Put` -> True; removals -> list[Removed]; a skipped conditional `Put` or `Remove`
--> None; `PurgeExpired` -> int; `FlushReads` -> None."""
+WriteOp = Union[Put, PutMany, Touch, Remove, RemoveTag, RemovePattern, RemoveAll, PurgeExpired, FlushReads]
+"""Results: `Put`, `PutMany` -> True; `Touch` -> whether a live entry was there; removals ->
+list[Removed]; a skipped conditional `Put` or `Remove` -> None; `PurgeExpired` -> int;
+`FlushReads` -> None."""
 
 
 ReadCounts = Sequence[float]

@@ -1,6 +1,6 @@
 """A hypothesis state machine drives CacheManager and checks every answer against a plain model.
 
-The model is a dict of key -> (value, expiry, tags, durable). Both tiers are large enough that
+The model is a dict of key -> (value, expiry, tags, durable, stale window). Both tiers are large enough that
 nothing is evicted, so the model is exact: any difference is a bug (stale tier, lost write,
 miscounted invalidation, expiry off by the clock, a value surviving a restart it should not).
 """
@@ -45,6 +45,7 @@ class Stored:
     expires_at: float
     tags: frozenset[str]
     durable: bool  # on disk, so it survives a restart
+    window: float = 0.0  # seconds get_or_set(stale_ttl=...) may serve it past its expiry
 
 
 class CacheMachine(RuleBasedStateMachine):
@@ -77,6 +78,71 @@ class CacheMachine(RuleBasedStateMachine):
         ttl = 300 if ttl is None else ttl
         expires_at = self.clock.now + ttl if ttl else math.inf
         self.model[key] = Stored(value, expires_at, tags, durable=level is not CacheLevel.MEMORY)
+
+    def stored(self, value, ttl, level, tags, window=0.0) -> Stored:
+        ttl = 300 if ttl is None else ttl
+        expires_at = self.clock.now + ttl if ttl else math.inf
+        return Stored(value, expires_at, frozenset(tags), durable=level is not CacheLevel.MEMORY, window=window)
+
+    @rule(mapping=st.dictionaries(KEYS, VALUES, max_size=3), ttl=TTLS, level=LEVELS, tags=st.frozensets(TAG_NAMES, max_size=2))
+    def set_many(self, mapping, ttl, level, tags):
+        self.run(self.cache.set_many(mapping, ttl, level, tags=sorted(tags)))
+        for key, value in mapping.items():
+            self.model[key] = self.stored(value, ttl, level, tags)
+
+    @rule(keys=st.lists(KEYS, max_size=4))
+    def get_many(self, keys):
+        expected = {key: self.live(key).value for key in keys if self.live(key)}
+        assert self.run(self.cache.get_many(keys)) == expected
+
+    @rule(keys=st.lists(KEYS, max_size=4))
+    def delete_many(self, keys):
+        expected = self.remove_where(lambda key: key in keys)
+        assert self.run(self.cache.delete_many(keys)) == expected
+
+    @rule(key=KEYS)
+    def exists_and_ttl(self, key):
+        stored = self.live(key)
+        assert self.run(self.cache.exists(key)) is (stored is not None)
+        assert self.run(self.cache.ttl(key)) == (None if stored is None else stored.expires_at - self.clock.now)
+
+    @rule(key=KEYS, ttl=TTLS)
+    def touch(self, key, ttl):
+        stored = self.live(key)
+        assert self.run(self.cache.touch(key, ttl)) is (stored is not None)
+        if stored is not None:
+            stored.expires_at = self.stored(None, ttl, CacheLevel.ALL, ()).expires_at
+
+    @precondition(lambda self: self.model)
+    @rule(key=KEYS, later=st.sampled_from([0, 10, 40]))
+    def get_or_set_stale(self, key, later):
+        """Twice, `later` seconds apart: 10 s is inside the stale window of the first call's entry."""
+        self.check_get_or_set_stale(key)
+        self.clock.advance(later)
+        self.check_get_or_set_stale(key)
+
+    def check_get_or_set_stale(self, key):
+        stored = self.live(key)
+        stale = self.model.get(key)
+        if stale is not None and not (stale.window and self.clock.now < stale.expires_at + min(stale.window, 30)):
+            stale = None
+        got = self.run(self.cache.get_or_set(key, lambda: "fresh", ttl=5, stale_ttl=30))
+        if stored is not None:
+            assert got == stored.value
+        elif stale is not None:
+            assert got == stale.value  # served at once; one background refresh stores "fresh"
+            self.run(self.refreshed())
+        else:
+            assert got == "fresh"
+        if stored is None:
+            self.model[key] = self.stored("fresh", 5, CacheLevel.ALL, (), window=30)
+
+    async def refreshed(self):
+        for _ in range(1000):
+            if not self.cache._bound.refreshes:
+                return
+            await asyncio.sleep(0)
+        raise AssertionError("the background refresh never finished")
 
     @rule(key=KEYS)
     def get(self, key):
