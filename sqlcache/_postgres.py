@@ -107,8 +107,8 @@ TAKE_MIGRATION_LOCK = "SELECT pg_advisory_xact_lock($1)"
 # The index each strategy's victims query walks, made on open by the store that evicts by it, as
 # on SQLite (its migration 0004): an index on `access` makes every read-statistics update
 # non-HOT (a dead heap tuple and index entries per key per flush), so a database used only with
-# FIFO or TTL has none and those updates stay on their page. TTL's own order is the expiry index
-# every strategy has; it falls back to FIFO for entries that never expire. (CREATE INDEX blocks
+# FIFO or TTL has none and those updates stay on their page. TTL's own order is the end-of-life index
+# every strategy has (entries_by_end, migration 0003); it falls back to FIFO for entries that never expire. (CREATE INDEX blocks
 # writes while it builds: the first open with a new strategy on a large cache waits for it.)
 STRATEGY_INDEXES = {
     InvalidationStrategy.LRU: "CREATE INDEX IF NOT EXISTS access_by_recency ON access (accessed_at)",
@@ -120,10 +120,10 @@ STRATEGY_INDEXES = {
 # ---------------------------------------------------------------- reads (session connection)
 
 # One key, by the unique index on entries.key.
-READ_ONE = "SELECT key, value, codec, expires_at, tags FROM entries WHERE key = $1"
+READ_ONE = "SELECT key, value, codec, expires_at, tags, stale_until FROM entries WHERE key = $1"
 
 # Many keys in one query (coalesced concurrent gets): probes the key index once per key.
-READ_MANY = "SELECT key, value, codec, expires_at, tags FROM entries WHERE key = ANY($1::text[])"
+READ_MANY = "SELECT key, value, codec, expires_at, tags, stale_until FROM entries WHERE key = ANY($1::text[])"
 
 # Entry count and bytes: the 16 counter slots, by the primary key.
 READ_SIZE = "SELECT coalesce(sum(entries), 0)::bigint, coalesce(sum(bytes), 0)::bigint FROM counters"
@@ -154,14 +154,23 @@ STATEMENTS = {
         FROM entries AS e, unnest($1::bigint[], $2::double precision[], $3::text[]) AS r (count, last, key)
         WHERE e.key = r.key AND a.entry_id = e.id""",
     # Insert an entry or replace the one under its key; the triggers keep the counters and access
-    # rows in step, keep a replaced entry's read statistics and drop its tag rows if they changed.
+    # rows in step, keep a replaced entry's read statistics and drop its tag rows if they changed;
+    # a replaced entry's stale window ends. (The driver sends runs of these as `UPSERT_ENTRIES`.)
     "upsert_entry": """
         INSERT INTO entries (key, value, codec, size, tags, created_at, expires_at)
         VALUES ($1, $2, $3, $4, $5, $6, $7)
         ON CONFLICT (key) DO UPDATE SET
             value = excluded.value, codec = excluded.codec, size = excluded.size, tags = excluded.tags,
-            created_at = excluded.created_at, expires_at = excluded.expires_at
+            created_at = excluded.created_at, expires_at = excluded.expires_at, stale_until = NULL
         RETURNING id""",
+    # Give the entry just written a stale window: its row outlives expires_at until then.
+    "set_stale_until": "UPDATE entries SET stale_until = $1 WHERE id = $2",
+    # A new expiry for a live entry, by the key index; its stale window (if any) moves with it
+    # (the right-hand sides read the old row, so the window keeps its length).
+    "touch_entry": """
+        UPDATE entries SET stale_until = $1 + (stale_until - expires_at), expires_at = $2
+        WHERE key = $3 AND (expires_at IS NULL OR expires_at > $4)
+        RETURNING key""",
     # Index one tag of an entry (already indexed when a set keeps the same tags).
     "insert_tag": "INSERT INTO tags (tag, entry_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
     # Delete one key, by the key index.
@@ -171,10 +180,13 @@ STATEMENTS = {
         DELETE FROM entries WHERE id IN (SELECT entry_id FROM tags WHERE tag = $1)
         RETURNING key, expires_at""",
     "delete_all": "DELETE FROM entries RETURNING key, expires_at",
-    # Delete up to N expired entries, soonest expired first, by the partial expiry index.
+    # Delete up to N entries whose life ended (the stale window's end, else the expiry), soonest
+    # ended first, by the partial expression index entries_by_end (migration 0003).
     "delete_expired": """
         DELETE FROM entries WHERE id IN (
-            SELECT id FROM entries WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2)
+            SELECT id FROM entries
+            WHERE expires_at IS NOT NULL AND coalesce(stale_until, expires_at) <= $1
+            ORDER BY coalesce(stale_until, expires_at) LIMIT $2)
         RETURNING size""",
     "read_size": READ_SIZE,
     # Eviction candidates in the order each strategy gives them up, by the index serving it.
@@ -187,7 +199,7 @@ STATEMENTS = {
     "victims_fifo": "SELECT id, key, size FROM entries ORDER BY created_at LIMIT $1",
     "victims_ttl": """
         SELECT id, key, size FROM entries WHERE expires_at IS NOT NULL
-        ORDER BY expires_at LIMIT $1""",
+        ORDER BY coalesce(stale_until, expires_at) LIMIT $1""",
     "delete_id": "DELETE FROM entries WHERE id = $1",
     # Append to the log other hosts read to drop stale memory copies: max+1.. under the write
     # lock, so positions are gapless in commit order (the trim keeps the newest rows). Columnar.
@@ -205,9 +217,9 @@ STATEMENTS = {
 
 # Which parameters of a plan statement (by position in a row) are keys, tags or log arguments,
 # and which column of its result is: text that goes through `to_db` / `from_db` (NUL escaped).
-TEXT_PARAMS = {"record_reads": 2, "delete_key": 0, "delete_tag": 0, "log_changes": 2}
+TEXT_PARAMS = {"record_reads": 2, "touch_entry": 2, "delete_key": 0, "delete_tag": 0, "log_changes": 2}
 TEXT_RESULTS = {
-    "delete_key": 0, "delete_tag": 0, "delete_all": 0, "read_log_since": 3,
+    "touch_entry": 0, "delete_key": 0, "delete_tag": 0, "delete_all": 0, "read_log_since": 3,
     "victims_lru": 1, "victims_lfu": 1, "victims_fifo": 1, "victims_ttl": 1,
 }
 
@@ -222,15 +234,15 @@ KEYS_IN_RANGE = "SELECT id, key FROM entries WHERE key >= $1 AND key < $2"
 ALL_KEYS = "SELECT id, key FROM entries"
 DELETE_IDS = "DELETE FROM entries WHERE id = ANY($1::bigint[]) RETURNING key, expires_at"
 
-# A run of the plan's `upsert_entry`s as one statement (keys unique within it), and their
-# `insert_tag`s as another, by key (see `_PutBuffer`).
+# A run of the plan's `upsert_entry`s (each with its `set_stale_until`, if any) as one statement
+# (keys unique within it), and their `insert_tag`s as another, by key (see `_PutBuffer`).
 UPSERT_ENTRIES = """
-INSERT INTO entries (key, value, codec, size, tags, created_at, expires_at)
+INSERT INTO entries (key, value, codec, size, tags, created_at, expires_at, stale_until)
 SELECT * FROM unnest($1::text[], $2::bytea[], $3::smallint[], $4::integer[], $5::text[],
-                     $6::double precision[], $7::double precision[])
+                     $6::double precision[], $7::double precision[], $8::double precision[])
 ON CONFLICT (key) DO UPDATE SET
     value = excluded.value, codec = excluded.codec, size = excluded.size, tags = excluded.tags,
-    created_at = excluded.created_at, expires_at = excluded.expires_at
+    created_at = excluded.created_at, expires_at = excluded.expires_at, stale_until = excluded.stale_until
 """
 INSERT_TAGS_BY_KEY = """
 INSERT INTO tags (tag, entry_id)
@@ -451,15 +463,32 @@ class PostgresStore:
         self._bind_to_loop()
         async with self._session_lock:
             try:
-                if self._session is None:
-                    await self._open_session()
-                return await work(self._session)
+                try:
+                    return await self._on_open_session(work)
+                except _DroppedWhileIdle:
+                    return await self._on_open_session(work)  # a new session, or the server's refusal
             except Exception as error:
                 if isinstance(error, CacheError):
                     raise
                 if self._session is not None and self._session.is_closed():
                     self._session = None  # the next call reconnects (and resyncs)
                 raise self._translate(error, what) from None
+
+    async def _on_open_session(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        """`work(session)`, connecting first if need be. A session the server dropped while it was
+        idle (see `_DroppedWhileIdle`) is let go, for the caller to try once more on a new one."""
+        if self._session is None:
+            await self._open_session()
+        session = self._session
+        try:
+            return await work(session)
+        except Exception as error:
+            if not _dropped(error):
+                raise
+            session.terminate()
+            if session is self._session:
+                self._session, self._resync = None, True
+            raise _DroppedWhileIdle(str(error)) from None
 
     async def read(self, keys: Sequence[str]) -> dict[str, StoredRow]:
         """The stored rows of `keys` that exist (expired ones included: the caller decides)."""
@@ -468,8 +497,8 @@ class PostgresStore:
         else:
             rows = await self._on_session(lambda session: session.fetch(READ_MANY, [to_db(key) for key in keys]), "read from")
         return {
-            from_db(key): StoredRow(data, codec, expires_at, _plan.decode_tags(tags))
-            for key, data, codec, expires_at, tags in rows
+            from_db(key): StoredRow(data, codec, expires_at, _plan.decode_tags(tags), stale_until)
+            for key, data, codec, expires_at, tags, stale_until in rows
         }
 
     def read_now(self, keys: Sequence[str]) -> None:
@@ -534,17 +563,25 @@ class PostgresStore:
     # ------------------------------------------------------------ writes
 
     async def run(self, work: Callable[[Any], Awaitable[T]], what: str) -> T:
-        """`work(connection)` on a pool connection; errors become `CacheError`s naming the server."""
+        """`work(connection)` on a pool connection; errors become `CacheError`s naming the server.
+        A write whose pool connection the server had dropped (`_DroppedWhileIdle`: the write did
+        not begin) is tried once more, on a new connection."""
         if self._closed:
             raise CacheError("the cache database is closed")
         self._bind_to_loop()
         try:
-            async with (await self._opened_pool()).acquire() as connection:
-                return await work(connection)
+            try:
+                return await self._on_pool(work)
+            except _DroppedWhileIdle:
+                return await self._on_pool(work)  # a new connection, or the server's refusal
         except Exception as error:
             if isinstance(error, CacheError):
                 raise
             raise self._translate(error, what) from None
+
+    async def _on_pool(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        async with (await self._opened_pool()).acquire() as connection:
+            return await work(connection)
 
     def preloader_database(self) -> PostgresDatabase:
         """The preloader's `_Database` on this store's pool."""
@@ -563,7 +600,13 @@ class PostgresStore:
         self, connection: Any, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float
     ) -> WriteResult:
         plan = _plan.write_batch(ops, reads, now=now, origin=self._origin, max_bytes=self.max_bytes, strategy=self._strategy)
-        await connection.execute(BEGIN_WRITE)
+        try:
+            await connection.execute(BEGIN_WRITE)
+        except Exception as error:
+            if not _dropped(error):
+                raise
+            connection.terminate()
+            raise _DroppedWhileIdle(str(error)) from None
         try:
             result = await self._run_plan(connection, plan)
             await connection.execute(COMMIT)
@@ -637,20 +680,22 @@ class PostgresStore:
 
 
 class _PutBuffer:
-    """The plan's `upsert_entry` and `insert_tag` queries of a run of puts, sent as two statements
-    instead of a round trip each (64 sets: 2 round trips, not 64 or more).
+    """The plan's `upsert_entry`, `set_stale_until` and `insert_tag` queries of a run of puts
+    (single sets, `set_many`'s `PutMany`), sent as two statements instead of a round trip each
+    (64 sets: 2 round trips, not 64 or more).
 
     The plan needs an entry id back from each upsert only to give it to that entry's
-    `insert_tag`; so an upsert is answered at once with a placeholder (a negative number, never a
-    real id), and the buffer inserts the tags by key once the entries are written. Of several
-    puts of one key the last wins, tags included, as the one-by-one statements would have it.
-    Any other statement of the plan flushes the buffer first, so it sees every earlier put.
+    `set_stale_until` and `insert_tag`; so an upsert is answered at once with a placeholder (a
+    negative number, never a real id), the stale window is written with the entry, and the
+    buffer inserts the tags by key once the entries are written. Of several puts of one key the
+    last wins, window and tags included, as the one-by-one statements would have it. Any other
+    statement of the plan flushes the buffer first, so it sees every earlier put.
     """
 
-    NAMES = frozenset({"upsert_entry", "insert_tag"})
+    NAMES = frozenset({"upsert_entry", "set_stale_until", "insert_tag"})
 
     def __init__(self) -> None:
-        self._rows: dict[str, tuple[Any, ...]] = {}  # key -> upsert_entry parameters, last put wins
+        self._rows: dict[str, list[Any]] = {}  # key -> UPSERT_ENTRIES columns of its last put
         self._tags: dict[str, list[str]] = {}  # key -> tags of its last put
         self._keys: list[str] = []  # placeholder -(i + 1) -> key
 
@@ -660,9 +705,13 @@ class _PutBuffer:
             self._keys.append(key)
             placeholder = -len(self._keys)
             self._rows.pop(key, None)
-            self._rows[key] = tuple(query.params)
+            self._rows[key] = [*query.params, None]  # no stale window unless set_stale_until follows
             self._tags[key] = []  # a later put's tags replace an earlier one's (the plan tags right after)
             return [(placeholder,)]
+        if query.name == "set_stale_until":
+            stale_until, placeholder = query.params
+            self._rows[self._keys[-placeholder - 1]][-1] = stale_until
+            return []
         for tag, placeholder in query.params:
             self._tags[self._keys[-placeholder - 1]].append(tag)
         return []
@@ -702,12 +751,26 @@ def _text_out(rows: Sequence[Any], index: int) -> list[tuple[Any, ...]]:
     return [(*row[:index], from_db(row[index]) if row[index] is not None else None, *row[index + 1 :]) for row in rows]
 
 
+class _DroppedWhileIdle(Exception):
+    """A connection the server dropped while it sat idle (a shutdown or restart, an idle timeout,
+    `pg_terminate_backend`), found by the first statement sent on it: the server's FATAL message
+    arrived unasked (asyncpg then refuses every statement with "another operation is in
+    progress") and its close is not seen yet, or it is closed. Nothing began on it, so a read or a
+    write is tried again on a new connection."""
+
+
+def _dropped(error: BaseException) -> bool:
+    """`error`, from the first statement on an idle connection, says the server dropped it."""
+    return isinstance(error, (asyncpg.exceptions.InternalClientError, asyncpg.exceptions.ConnectionDoesNotExistError))
+
+
 def _is_unavailable(error: BaseException) -> bool:
     """The server cannot be reached, refused us, or went away (not a problem of the statement)."""
     exceptions = asyncpg.exceptions
     return isinstance(
         error,
         (
+            _DroppedWhileIdle,
             OSError,
             asyncio.TimeoutError,
             exceptions.PostgresConnectionError,  # 08xxx, connection does not exist / failure
