@@ -5,7 +5,9 @@
 password never reaches a message; as root it runs the server as the unprivileged user `pgserver`
 (PostgreSQL refuses to run as root). Without the `pgserver` package it uses Debian's binaries
 (`/usr/lib/postgresql/*/bin`) if installed. The fixtures: `postgres_server` (one per session) and
-`pg_url`, a fresh database per test, so any test can be run against the PostgreSQL store.
+`pg_url`, a fresh database per test, so any test can be run against the PostgreSQL store;
+`disk_config`, the disk tier on each store in turn, with `disk_rows` and `heard` for tests that
+run on either.
 """
 
 from __future__ import annotations
@@ -18,12 +20,17 @@ import os
 import pwd
 import shutil
 import socket
+import sqlite3
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import asyncpg
 import pytest
+
+from sqlcache import CacheManager
+from sqlcache._postgres import PostgresStore
 
 PASSWORD = "s3cret-Pa55word"
 _SYSTEM_USER = "pgserver"
@@ -121,8 +128,6 @@ class PostgresServer:
         return self.url(name)
 
     async def _admin(self, sql: str) -> None:
-        import asyncpg
-
         connection = await asyncpg.connect(self.url())
         try:
             await connection.execute(sql)
@@ -159,3 +164,23 @@ def disk_config(request, tmp_path):
         return config
 
     return make
+
+
+async def heard(manager: CacheManager) -> None:
+    """Let `manager` hear of the changes other processes committed. SQLite needs nothing: a look
+    reads the log in the file. On PostgreSQL a change reaches another host by a notification,
+    and one round trip on that host's session receives every one committed before it."""
+    if isinstance(manager._store, PostgresStore):
+        await manager._store.log_position()
+
+
+async def disk_rows(manager: CacheManager, sql: str) -> list[tuple]:
+    """Rows of a query (written in the SQL both stores speak) on `manager`'s disk tier."""
+    if manager.config.disk_cache_url is None:
+        with sqlite3.connect(manager.config.db_path) as db:
+            return db.execute(sql).fetchall()
+    connection = await asyncpg.connect(manager.config.disk_cache_url)
+    try:
+        return [tuple(row) for row in await connection.fetch(sql)]
+    finally:
+        await connection.close()

@@ -7,11 +7,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import sqlite3
 
-import asyncpg
 import pytest
 
+from pg_server import disk_rows, heard
 from sqlcache import CacheLevel, CacheManager, ResourcePool
 from sqlcache._postgres import PostgresStore
 from sqlcache._sqlite import SQLiteStore
@@ -33,26 +32,6 @@ async def other(cm, disk_config):
     manager = CacheManager({**disk_config(), "sync_interval": 1e-9}, clock=cm.clock)
     yield manager
     await manager.close()
-
-
-async def heard(manager: CacheManager) -> None:
-    """Let `manager` hear of the changes other processes committed. SQLite needs nothing: a look
-    reads the log in the file. On PostgreSQL a change reaches another host by a notification,
-    and one round trip on that host's session receives every one committed before it."""
-    if isinstance(manager._store, PostgresStore):
-        await manager._store.log_position()
-
-
-async def disk_rows(manager: CacheManager, sql: str) -> list[tuple]:
-    """Rows of a query (written in the SQL both stores speak) on `manager`'s disk tier."""
-    if manager.config.disk_cache_url is None:
-        with sqlite3.connect(manager.config.db_path) as db:
-            return db.execute(sql).fetchall()
-    connection = await asyncpg.connect(manager.config.disk_cache_url)
-    try:
-        return [tuple(row) for row in await connection.fetch(sql)]
-    finally:
-        await connection.close()
 
 
 class Recorder:
