@@ -62,6 +62,8 @@ import asyncio
 import functools
 import logging
 import re
+import socket
+import weakref
 from importlib import resources
 from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
 
@@ -279,6 +281,21 @@ def _compiled(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
+def _cut(connection: Any) -> None:
+    """End a connection of a loop that is gone. Its socket is shut down first, since asyncpg's
+    `terminate` cannot run once that loop is closed (it schedules the close on it): so the server
+    ends the session now, rolling back a write cut short by the loop's end, which would otherwise
+    hold the write lock against every writer until the garbage collector closed the socket."""
+    transport = connection._transport  # asyncpg keeps no public handle on it
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    try:
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+        connection.terminate()
+    except Exception:  # already closed, or its loop is: the server has seen the socket close
+        pass
+
+
 async def _reset(connection: Any) -> None:
     """Pool connections keep no session state (locks are transaction-scoped, nothing LISTENs on
     them), so releasing one needs none of asyncpg's reset round trip, unless a write was cut
@@ -313,6 +330,7 @@ class PostgresStore:
         self._pool_size = pool_size
         self._pool: Any = None
         self._session: Any = None
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()  # the session and pool connections of this loop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session_lock: asyncio.Lock = None  # type: ignore[assignment]  # made per loop by _bind_to_loop
         self._pool_lock: asyncio.Lock = None  # type: ignore[assignment]
@@ -358,21 +376,18 @@ class PostgresStore:
     def _bind_to_loop(self) -> None:
         """Make this store's connections belong to the running loop. asyncpg connections are
         bound to the loop that made them; a manager used from a new loop (a second
-        `asyncio.run`) keeps its store, so the store leaves the old loop's connections behind
-        (they cannot be closed from here) and reconnects, reporting the log incomplete."""
+        `asyncio.run`) keeps its store, so the store cuts the old loop's connections (see
+        `_cut`) and reconnects, reporting the log incomplete."""
         loop = asyncio.get_running_loop()
         if loop is self._loop:
             return
         if self._loop is not None:
-            for connection in (self._session, self._pool):
-                try:
-                    if connection is not None:
-                        connection.terminate()
-                except Exception:  # its loop is closed: the sockets close with it
-                    pass
+            for connection in list(self._connections):
+                _cut(connection)
             self._resync = True
         self._loop = loop
         self._session = self._pool = self._reconnecting = None
+        self._connections = weakref.WeakSet()
         self._session_lock = asyncio.Lock()
         self._pool_lock = asyncio.Lock()
 
@@ -381,9 +396,14 @@ class PostgresStore:
             async with self._pool_lock:
                 if self._pool is None:
                     self._pool = await asyncpg.create_pool(
-                        self.url, min_size=1, max_size=self._pool_size, reset=_reset, **self._connect_options()
+                        self.url, min_size=1, max_size=self._pool_size, reset=_reset, init=self._track,
+                        **self._connect_options(),
                     )
         return self._pool
+
+    async def _track(self, connection: Any) -> None:
+        """The pool's `init`: note each new connection, to cut it should the loop change."""
+        self._connections.add(connection)
 
     async def _migrate(self, connection: Any) -> None:
         async with connection.transaction():
@@ -410,6 +430,7 @@ class PostgresStore:
             raise
         session.add_termination_listener(self._on_session_lost)
         self._session = session
+        self._connections.add(session)
         if not self._closed:
             self._resync = True  # a reconnect: notifications were lost while it was away
 
