@@ -109,9 +109,10 @@ TAKE_MIGRATION_LOCK = "SELECT pg_advisory_xact_lock($1)"
 # The index each strategy's victims query walks, made on open by the store that evicts by it, as
 # on SQLite (its migration 0004): an index on `access` makes every read-statistics update
 # non-HOT (a dead heap tuple and index entries per key per flush), so a database used only with
-# FIFO or TTL has none and those updates stay on their page. TTL's own order is the end-of-life index
-# every strategy has (entries_by_end, migration 0003); it falls back to FIFO for entries that never expire. (CREATE INDEX blocks
-# writes while it builds: the first open with a new strategy on a large cache waits for it.)
+# FIFO or TTL has none and those updates stay on their page. TTL's own order is the end-of-life
+# index every strategy has (entries_by_end, migration 0003); it falls back to FIFO for entries
+# that never expire. (CREATE INDEX blocks writes while it builds: the first open with a new
+# strategy on a large cache waits for it.)
 STRATEGY_INDEXES = {
     InvalidationStrategy.LRU: "CREATE INDEX IF NOT EXISTS access_by_recency ON access (accessed_at)",
     InvalidationStrategy.LFU: "CREATE INDEX IF NOT EXISTS access_by_frequency ON access (access_count, accessed_at)",
