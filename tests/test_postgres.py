@@ -26,7 +26,6 @@ from test_processes import next_line
 
 WORKER = str(Path(__file__).with_name("pg_worker.py"))
 SYNC_INTERVAL = 0.2
-VALUE = "x" * 100  # stored as 102 bytes of JSON; with a 3-byte key, 105 bytes an entry
 
 
 async def query(url: str, sql: str, *args):
@@ -169,55 +168,6 @@ async def test_the_debugging_views_have_sqlites_columns(cache, pg_url, tmp_path,
     for view, columns in (("cache_tags", tag_columns), ("preload_tasks", task_columns)):
         statement = await (await asyncpg.connect(pg_url)).prepare(f"SELECT * FROM {view}")
         assert [attribute.name for attribute in statement.get_attributes()] == columns
-
-
-# ---------------------------------------------------------------- eviction
-
-
-async def filled(url: str, clock, strategy: str) -> CacheManager:
-    """A disk tier holding k00..k09 (written a second apart) with room for exactly ten."""
-    manager = CacheManager(
-        {"disk_cache_url": url, "disk_max_size": 10 * 105, "invalidation_strategy": strategy}, clock=clock
-    )
-    for i in range(10):
-        await manager.set(f"k{i:02d}", VALUE, 1000 - 10 * i, CacheLevel.DISK)  # later written, sooner expiring
-        clock.advance(1)
-    assert len(await disk_keys(url)) == 10
-    return manager
-
-
-@pytest.mark.parametrize(
-    "strategy, victim",
-    [("lru", "k03"), ("lfu", "k05"), ("fifo", "k00"), ("ttl", "k09")],
-)
-async def test_each_strategy_evicts_its_victim_and_only_what_is_needed(pg_url, clock, strategy, victim):
-    manager = await filled(pg_url, clock, strategy)
-    for i in range(10):
-        if i != 5:
-            await manager.get(f"k{i:02d}")  # LFU: k05 is read least often (once, below)
-            await manager.get(f"k{i:02d}")
-    clock.advance(1)
-    for i in range(10):
-        if i != 3:
-            await manager.get(f"k{i:02d}")  # LRU: k03 is the least recently read
-            clock.advance(1)
-    await manager.set("new", VALUE, level=CacheLevel.DISK)
-    assert await disk_keys(pg_url) == {f"k{i:02d}" for i in range(10) if f"k{i:02d}" != victim} | {"new"}
-    assert (await manager.get_stats())["disk_evictions"] == 1
-    await manager.close()
-
-
-async def test_expired_entries_go_before_any_victim_and_the_written_entry_stays(pg_url, clock):
-    manager = await filled(pg_url, clock, "lru")
-    clock.advance(995)  # k09 (ttl 910), k08 (920) ... k00 (1000): k09..k01 expired or expiring
-    await manager.set("big", "y" * 300, level=CacheLevel.DISK)  # needs 3 slots
-    keys = await disk_keys(pg_url)
-    assert "big" in keys and {"k09", "k08", "k07"}.isdisjoint(keys)
-    stats = await manager.get_stats()
-    assert stats["disk_evictions"] == 0 and stats["disk_size"] <= 10 * 105
-    await manager.set("huge", "z" * (10 * 105 - 10), level=CacheLevel.DISK)
-    assert await disk_keys(pg_url) == {"huge"}  # everything else went, never the entry being written
-    await manager.close()
 
 
 # ---------------------------------------------------------------- schema
