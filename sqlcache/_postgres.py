@@ -484,17 +484,7 @@ class PostgresStore:
             raise CacheError("the cache database is closed")
         self._bind_to_loop()
         async with self._session_lock:
-            try:
-                try:
-                    return await self._on_open_session(work)
-                except _DroppedWhileIdle:
-                    return await self._on_open_session(work)  # a new session, or the server's refusal
-            except Exception as error:
-                if isinstance(error, CacheError):
-                    raise
-                if self._session is not None and self._session.is_closed():
-                    self._session = None  # the next call reconnects (and resyncs)
-                raise self._translate(error, what) from None
+            return await self._twice(lambda: self._on_open_session(work), what)
 
     async def _on_open_session(self, work: Callable[[Any], Awaitable[T]]) -> T:
         """`work(session)`, connecting first if need be. A session the server dropped while it was
@@ -505,12 +495,14 @@ class PostgresStore:
         try:
             return await work(session)
         except Exception as error:
-            if not _dropped(error):
-                raise
-            session.terminate()
-            if session is self._session:
-                self._session, self._resync = None, True
-            raise _DroppedWhileIdle(str(error)) from None
+            if _dropped(error):
+                session.terminate()
+                if session is self._session:
+                    self._session, self._resync = None, True
+                raise _DroppedWhileIdle(str(error)) from None
+            if session.is_closed() and session is self._session:
+                self._session = None  # the next call reconnects (and resyncs)
+            raise
 
     async def read(self, keys: Sequence[str]) -> dict[str, StoredRow]:
         """The stored rows of `keys` that exist (expired ones included: the caller decides)."""
@@ -591,11 +583,16 @@ class PostgresStore:
         if self._closed:
             raise CacheError("the cache database is closed")
         self._bind_to_loop()
+        return await self._twice(lambda: self._on_pool(work), what)
+
+    async def _twice(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
+        """`attempt()`, and once more if it found its connection dropped by the server (a new
+        connection, or the server's refusal); errors become `CacheError`s naming the server."""
         try:
             try:
-                return await self._on_pool(work)
+                return await attempt()
             except _DroppedWhileIdle:
-                return await self._on_pool(work)  # a new connection, or the server's refusal
+                return await attempt()
         except Exception as error:
             if isinstance(error, CacheError):
                 raise
