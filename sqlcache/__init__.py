@@ -10,6 +10,7 @@ from ._exceptions import (
     CacheDirectoryError,
     CacheError,
     DamagedCacheWarning,
+    DatabaseUnavailableError,
     SchemaVersionError,
     StorageError,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "CacheManager",
     "CachePreloader",
     "DamagedCacheWarning",
+    "DatabaseUnavailableError",
     "Durability",
     "InvalidationStrategy",
     "PreloadError",

@@ -12,6 +12,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from ._urls import SecretURL
+from ._urls import parse as parse_url
+
 MiB = 1024 * 1024
 
 
@@ -72,12 +75,18 @@ class CacheConfig:
     """Most rows one purge transaction deletes, so no purge holds the write lock for long."""
     check_on_open: bool = True
     """Run `PRAGMA quick_check` on open and set a damaged file aside."""
+    disk_cache_url: str | None = None
+    """`postgresql://user:password@host/dbname` puts the disk tier in PostgreSQL (then
+    `disk_cache_dir` is unused); `sqlite:///path/to/file.db` is the SQLite store at that file."""
     ttl_jitter: float = 0.0
     """Fraction j (0 <= j < 1): each set's ttl is multiplied by a random factor in [1 - j, 1],
     so keys set together do not all expire together."""
 
     @property
     def db_path(self) -> Path:
+        """The SQLite file: `sqlite:///...`'s path, else `sqlcache.db` in `disk_cache_dir`."""
+        if self.disk_cache_url is not None and parse_url(self.disk_cache_url).path is not None:
+            return parse_url(self.disk_cache_url).path
         return self.disk_cache_dir / "sqlcache.db"
 
     @classmethod
@@ -148,6 +157,16 @@ def _enum(enum_type: type[enum.Enum]):
     return validate
 
 
+def _url(name: str, value: Any) -> SecretURL | None:
+    if value is None:
+        return None
+    try:
+        parse_url(value)
+    except ValueError as error:
+        raise ValueError(f"config key {name!r}: {error}") from None
+    return SecretURL(value)
+
+
 _VALIDATORS = {
     "memory_max_size": _count,
     "disk_max_size": _positive_count,
@@ -163,5 +182,6 @@ _VALIDATORS = {
     "purge_interval": _seconds,
     "purge_batch_size": _positive_count,
     "check_on_open": _flag,
+    "disk_cache_url": _url,
     "ttl_jitter": _fraction,
 }

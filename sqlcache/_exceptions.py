@@ -23,5 +23,10 @@ class StorageError(CacheError):
     """The disk tier failed to write (disk full, I/O error); nothing of the failed call was kept."""
 
 
+class DatabaseUnavailableError(CacheError):
+    """The database server cannot be reached, refused the connection, or went away; the message
+    names the server, never the password."""
+
+
 class DamagedCacheWarning(RuntimeWarning):
     """A damaged database file was set aside and a fresh cache started."""

@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping, N
 from ._batching import GroupCommitter, ReadCoalescer
 from ._codecs import decode, encode
 from ._config import CacheConfig, CacheLevel
+from ._engines import make_store
 from ._exceptions import CacheError
 from ._memory import Entry, KeySet, MemoryTier
-from ._sqlite import SQLiteStore
 from ._store import (
     Changes,
     FlushReads,
@@ -47,6 +47,7 @@ from ._store import (
     Removed,
     RemovePattern,
     RemoveTag,
+    Store,
     StoredRow,
     Touch,
     WriteOp,
@@ -128,7 +129,7 @@ class CacheManager:
         self._clock = clock or time.time
         self._memory = MemoryTier(self.config.memory_max_size, self.config.invalidation_strategy, self._clock)
         self._origin = uuid.uuid4().hex
-        self._store: SQLiteStore | None = None
+        self._store: Store | None = None
         self._bound: _LoopBound | None = None
         self._reads: dict[str, list[float]] = {}
         self._next_sync = -math.inf  # due at once: the first read opens the store
@@ -196,22 +197,14 @@ class CacheManager:
                 self._start_maintenance(bound)
         return bound
 
-    async def _disk(self) -> SQLiteStore | None:
+    async def _disk(self) -> Store | None:
         """The open disk store, opening it on first use; None when the disk tier is off."""
         if self._store is not None or not self.config.disk_cache_enabled:
             return self._store
         bound = self._here()
         async with bound.open_lock:
             if self._store is None:
-                store = SQLiteStore(
-                    self.config.db_path,
-                    max_bytes=self.config.disk_max_size,
-                    strategy=self.config.invalidation_strategy,
-                    origin=self._origin,
-                    busy_timeout=self.config.busy_timeout,
-                    durability=self.config.durability,
-                    check_on_open=self.config.check_on_open,
-                )
+                store = make_store(self.config, self._origin)
                 await store.open()
                 self._memory.clear()  # whatever it held may have changed while the file was closed
                 self._store = store
@@ -603,7 +596,7 @@ class CacheManager:
             return None
         return self._committed(result)
 
-    def _opened_store(self) -> SQLiteStore:
+    def _opened_store(self) -> Store:
         if self._store is None:
             raise CacheError("the cache was closed while this call was pending")
         return self._store

@@ -48,3 +48,7 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "stress: the multi-process stress test with a history checker (tests/test_stress.py)")
+
+
+# A real PostgreSQL server (session) and a fresh database per test: tests/pg_server.py.
+from pg_server import disk_config, pg_url, postgres_server  # noqa: E402,F401

@@ -1,65 +1,71 @@
 """The batch and lifetime calls (get_many, set_many, delete_many, exists, ttl, touch), stale-while-
-revalidate (`get_or_set(..., stale_ttl=)`) and `ttl_jitter`, on a real SQLite cache."""
+revalidate (`get_or_set(..., stale_ttl=)`) and `ttl_jitter`, on each store in turn (a real
+SQLite file, a real PostgreSQL database: the `disk_config` fixture)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import math
-import sqlite3
 
 import pytest
 
+from pg_server import disk_rows, heard
 from sqlcache import CacheLevel, CacheManager, ResourcePool
+from sqlcache._postgres import PostgresStore
+from sqlcache._sqlite import SQLiteStore
 
 KEYS = [f"market_data:{symbol}:1m" for symbol in ("BTC", "ETH", "SOL")]
 
 
 @pytest.fixture
-async def cm(cache_dir, clock):
-    manager = CacheManager({"disk_cache_dir": str(cache_dir)}, clock=clock)
+async def cm(disk_config, clock):
+    manager = CacheManager(disk_config(), clock=clock)
     yield manager
     await manager.close()
 
 
 @pytest.fixture
-async def other(cm):
-    """A second manager on the same directory (another process, as far as the cache can tell),
-    which looks for changes on every read."""
-    manager = CacheManager({"disk_cache_dir": str(cm.config.disk_cache_dir), "sync_interval": 1e-9}, clock=cm.clock)
+async def other(cm, disk_config):
+    """A second manager on the same disk (another process, as far as the cache can tell), which
+    looks for changes on every read (on PostgreSQL, once it heard of them: see `heard`)."""
+    manager = CacheManager({**disk_config(), "sync_interval": 1e-9}, clock=cm.clock)
     yield manager
     await manager.close()
 
 
-def disk_rows(manager: CacheManager, sql: str, params=()) -> list[tuple]:
-    with sqlite3.connect(manager.config.db_path) as db:
-        return db.execute(sql, params).fetchall()
-
-
 class Recorder:
-    """Records the arguments of every call of one of the store's blocking steps, which every
-    read (`_read_rows`: db, keys) or committed batch (`_run_batch`: db, ops, reads, now) runs
-    through, on the loop's connection or in the worker."""
+    """Records the arguments of every call of the store's step that every read (`"read"`: keys)
+    or committed batch (`"write"`: ops, reads, now) runs through: on SQLite the blocking
+    `_read_rows` and `_run_batch` (on the loop's connection or in the worker), on PostgreSQL
+    `read` and `_write_batch`; the connection each is given is left out."""
 
-    def __init__(self, manager: CacheManager, name: str):
+    STEPS = {
+        SQLiteStore: {"read": ("_read_rows", 1), "write": ("_run_batch", 1)},
+        PostgresStore: {"read": ("read", 0), "write": ("_write_batch", 1)},
+    }
+
+    def __init__(self, manager: CacheManager, step: str):
         self.calls: list[tuple] = []
         store = manager._store
+        name, skip = self.STEPS[type(store)][step]
         original = getattr(store, name)
 
-        def recorded(db, *args):
-            self.calls.append(args)
-            return original(db, *args)
+        def recorded(*args):
+            self.calls.append(args[skip:])
+            return original(*args)
 
         setattr(store, name, recorded)
 
 
-async def wait_until(condition, steps: int = 1000) -> None:
-    """Let the loop run (background refreshes, commits) until `condition()` holds."""
-    for _ in range(steps):
-        if condition():
-            return
+async def wait_until(condition, seconds: float = 10.0) -> None:
+    """Let the loop run (background refreshes, commits: on PostgreSQL, round trips) until
+    `condition()` holds."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition never held")
         await asyncio.sleep(0)
-    raise AssertionError("condition never held")
 
 
 # ---------------------------------------------------------------- get_many
@@ -78,7 +84,7 @@ async def test_get_many_returns_the_live_values_in_the_order_given(cm, clock):
 async def test_get_many_reads_the_memory_misses_in_one_store_read_and_promotes_them(cm):
     await cm.set("mem", "m", level=CacheLevel.MEMORY)
     await cm.set_many({"d1": 1, "d2": 2}, level=CacheLevel.DISK)
-    reads = Recorder(cm, "_read_rows")
+    reads = Recorder(cm, "read")
     assert await cm.get_many(["mem", "d1", "d2", "nothing"]) == {"mem": "m", "d1": 1, "d2": 2}
     assert [list(keys) for (keys,) in reads.calls] == [["d1", "d2", "nothing"]]
     assert await cm.get_many(["d1", "d2"]) == {"d1": 1, "d2": 2}
@@ -108,6 +114,7 @@ async def test_get_many_sees_another_process_s_changes(cm, other):
     assert await other.get_many(["a", "b"]) == {"a": 1, "b": 2}  # now in other's memory
     await cm.set("a", 10)
     await cm.delete("b")
+    await heard(other)
     assert await other.get_many(["a", "b"]) == {"a": 10}
 
 
@@ -124,12 +131,12 @@ async def test_get_many_refuses_bad_keys_before_reading(cm):
 
 async def test_set_many_stores_every_value_in_one_write_op(cm, clock):
     await cm.open()
-    writes = Recorder(cm, "_run_batch")
+    writes = Recorder(cm, "write")
     await cm.set_many({key: {"close": n} for n, key in enumerate(KEYS)}, ttl=60, tags=["market_data"])
     [(ops, _reads, _now)] = writes.calls
     assert [type(op).__name__ for op in ops] == ["PutMany"]
     assert await cm.get_many(KEYS) == {key: {"close": n} for n, key in enumerate(KEYS)}
-    assert disk_rows(cm, "SELECT count(*) FROM entries")[0][0] == 3
+    assert (await disk_rows(cm, "SELECT count(*) FROM entries"))[0][0] == 3
     assert await cm.ttl(KEYS[0]) == 60
     assert (await cm.get_stats())["sets"] == 3
     assert await cm.invalidate_by_tag("market_data") == 3
@@ -146,11 +153,11 @@ async def test_set_many_changes_nothing_when_one_value_is_bad(cm):
     with pytest.raises(TypeError):
         await cm.set_many([("a", "new")])
     assert await cm.get_many(["a", "b", "big"]) == {"a": "old"}
-    assert disk_rows(cm, "SELECT key, value_json FROM cache_entries") == [("a", '"old"')]
+    assert await disk_rows(cm, "SELECT key, value_json FROM cache_entries") == [("a", '"old"')]
 
 
-async def test_set_many_refuses_values_that_together_exceed_disk_max_size(cache_dir, clock):
-    async with CacheManager({"disk_cache_dir": str(cache_dir), "disk_max_size": 1000}, clock=clock) as cm:
+async def test_set_many_refuses_values_that_together_exceed_disk_max_size(disk_config, clock):
+    async with CacheManager({**disk_config(), "disk_max_size": 1000}, clock=clock) as cm:
         with pytest.raises(ValueError, match="together"):
             await cm.set_many({f"k{n}": "x" * 300 for n in range(4)})
         assert await cm.get_many([f"k{n}" for n in range(4)]) == {}
@@ -159,7 +166,7 @@ async def test_set_many_refuses_values_that_together_exceed_disk_max_size(cache_
 async def test_set_many_levels_replace_what_every_tier_held(cm):
     await cm.set_many({"a": "disk-old", "b": "disk-old"}, level=CacheLevel.DISK)
     await cm.set_many({"a": "memory", "b": "memory"}, level=CacheLevel.MEMORY)
-    assert disk_rows(cm, "SELECT count(*) FROM entries")[0][0] == 0  # the older disk copies went
+    assert (await disk_rows(cm, "SELECT count(*) FROM entries"))[0][0] == 0  # the older disk copies went
     await cm.set_many({"a": "disk", "b": "disk"}, level=CacheLevel.DISK)
     assert (await cm.get_stats())["memory_size"] == 0  # the older memory copies went
     assert await cm.get_many(["a", "b"]) == {"a": "disk", "b": "disk"}
@@ -169,6 +176,7 @@ async def test_set_many_reaches_another_process(cm, other):
     await cm.set_many({"a": 1, "b": 2})
     assert await other.get_many(["a", "b"]) == {"a": 1, "b": 2}
     await cm.set_many({"a": 10, "b": 20})
+    await heard(other)
     assert await other.get_many(["a", "b"]) == {"a": 10, "b": 20}
 
 
@@ -189,12 +197,12 @@ async def test_delete_many_counts_the_live_keys_removed_in_one_op(cm, clock):
     await cm.set("both", 3)
     await cm.set("expired", 4, ttl=1)
     clock.advance(2)
-    writes = Recorder(cm, "_run_batch")
+    writes = Recorder(cm, "write")
     assert await cm.delete_many(["memory", "disk", "both", "expired", "missing", "both"]) == 3
     [(ops, _reads, _now)] = writes.calls
     assert [(type(op).__name__, op.keys) for op in ops] == [("Remove", ("memory", "disk", "both", "expired", "missing"))]
     assert await cm.get_many(["memory", "disk", "both"]) == {}
-    assert disk_rows(cm, "SELECT count(*) FROM entries")[0][0] == 0
+    assert (await disk_rows(cm, "SELECT count(*) FROM entries"))[0][0] == 0
     assert await cm.delete_many([]) == 0
 
 
@@ -202,6 +210,7 @@ async def test_delete_many_reaches_another_process(cm, other):
     await cm.set_many({"a": 1, "b": 2, "c": 3})
     assert len(await other.get_many(["a", "b", "c"])) == 3
     assert await cm.delete_many(["a", "b"]) == 2
+    await heard(other)
     assert await other.get_many(["a", "b", "c"]) == {"c": 3}
 
 
@@ -218,8 +227,8 @@ async def test_exists_in_either_tier_counts_no_get_and_promotes_nothing(cm, cloc
     assert stats["gets"] == 0 and stats["memory_size"] == 2  # "disk" was not promoted
 
 
-async def test_exists_does_not_change_the_lru_order(cache_dir, clock):
-    config = {"disk_cache_dir": str(cache_dir), "memory_max_size": 2}
+async def test_exists_does_not_change_the_lru_order(disk_config, clock):
+    config = {**disk_config(), "memory_max_size": 2}
     async with CacheManager(config, clock=clock) as cm:
         await cm.set("a", 1, level=CacheLevel.MEMORY)
         await cm.set("b", 2, level=CacheLevel.MEMORY)
@@ -248,8 +257,10 @@ async def test_exists_and_ttl_see_another_process_s_changes(cm, other):
     await cm.set("a", 1, ttl=100)
     assert await other.ttl("a") == 100
     await cm.set("a", 1, ttl=10)
+    await heard(other)
     assert await other.ttl("a") == 10
     await cm.delete("a")
+    await heard(other)
     assert not await other.exists("a")
 
 
@@ -261,7 +272,7 @@ async def test_touch_gives_a_new_expiry_in_every_tier(cm, clock):
     clock.advance(5)
     assert await cm.touch("a", 100) is True
     assert await cm.ttl("a") == 100
-    [(expires_at,)] = disk_rows(cm, "SELECT expires_at FROM entries WHERE key = 'a'")
+    [(expires_at,)] = await disk_rows(cm, "SELECT expires_at FROM entries WHERE key = 'a'")
     assert expires_at == clock.now + 100
     clock.advance(50)
     assert await cm.get("a") == {"v": 1}  # past the old expiry
@@ -276,7 +287,7 @@ async def test_touch_defaults_and_never(cm, clock):
     assert await cm.ttl("a") == 300  # default_ttl
     assert await cm.touch("a", 0) is True
     assert await cm.ttl("a") == math.inf
-    assert disk_rows(cm, "SELECT expires_at FROM entries") == [(None,)]
+    assert await disk_rows(cm, "SELECT expires_at FROM entries") == [(None,)]
     with pytest.raises(ValueError):
         await cm.touch("a", -1)
 
@@ -287,7 +298,7 @@ async def test_touch_of_no_live_entry_is_false_and_changes_nothing(cm, clock):
     assert await cm.touch("expired", 100) is False
     assert await cm.touch("missing", 100) is False
     assert await cm.get("expired") is None
-    assert disk_rows(cm, "SELECT key, expires_at FROM entries") == [("expired", clock.now - 1)]
+    assert await disk_rows(cm, "SELECT key, expires_at FROM entries") == [("expired", clock.now - 1)]
 
 
 async def test_touch_of_an_entry_in_one_tier(cm, clock):
@@ -302,8 +313,9 @@ async def test_touch_drops_another_process_s_memory_copy(cm, other, clock):
     await cm.set("a", 1, ttl=100)
     assert await other.get("a") == 1  # other's memory copy expires in 100 s
     assert await cm.touch("a", 5)
-    assert disk_rows(cm, "SELECT kind, arg FROM invalidations ORDER BY seq DESC LIMIT 1") == [("key", "a")]
+    assert await disk_rows(cm, "SELECT kind, arg FROM invalidations ORDER BY seq DESC LIMIT 1") == [("key", "a")]
     clock.advance(10)
+    await heard(other)
     assert await other.get("a") is None
 
 
@@ -350,7 +362,7 @@ async def test_stale_value_served_at_once_with_one_background_refresh(cm, clock)
 async def test_stale_window_on_disk_survives_a_restart(cm, clock):
     load = Loader()
     await cm.get_or_set("k", load, ttl=10, stale_ttl=30)
-    [(expires_at, stale_until)] = disk_rows(cm, "SELECT expires_at, stale_until FROM entries")
+    [(expires_at, stale_until)] = await disk_rows(cm, "SELECT expires_at, stale_until FROM entries")
     assert stale_until - expires_at == 30
     clock.advance(15)
     async with CacheManager(cm.config, clock=clock) as fresh:
@@ -429,28 +441,28 @@ async def test_the_stale_window_keeps_the_row_from_the_purge_until_it_ends(cm, c
     await cm.set("plain", 2, ttl=10)
     clock.advance(15)
     assert await cm.purge_expired() == 1  # "plain" only
-    assert disk_rows(cm, "SELECT key FROM entries") == [("stale",)]
+    assert await disk_rows(cm, "SELECT key FROM entries") == [("stale",)]
     clock.advance(30)
     assert await cm.purge_expired() == 1
-    assert disk_rows(cm, "SELECT count(*) FROM entries") == [(0,)]
+    assert await disk_rows(cm, "SELECT count(*) FROM entries") == [(0,)]
 
 
-async def test_eviction_takes_the_ended_entries_first_not_those_in_a_stale_window(cache_dir, clock):
-    config = {"disk_cache_dir": str(cache_dir), "disk_max_size": 3000, "invalidation_strategy": "fifo", "memory_max_size": 0}
+async def test_eviction_takes_the_ended_entries_first_not_those_in_a_stale_window(disk_config, clock):
+    config = {**disk_config(), "disk_max_size": 3000, "invalidation_strategy": "fifo", "memory_max_size": 0}
     async with CacheManager(config, clock=clock) as cm:
         await cm.get_or_set("stale", lambda: "s" * 900, ttl=10, stale_ttl=100)  # oldest, expires first
         await cm.set("ended", "e" * 900, ttl=15)
         await cm.set("fresh", "f" * 900, ttl=1000)
         clock.advance(20)
         await cm.set("new", "n" * 900, ttl=1000)  # over the bound by about one entry
-        assert sorted(key for (key,) in disk_rows(cm, "SELECT key FROM entries")) == ["fresh", "new", "stale"]
+        assert sorted(key for (key,) in await disk_rows(cm, "SELECT key FROM entries")) == ["fresh", "new", "stale"]
         assert await cm.get_or_set("stale", lambda: "x", ttl=10, stale_ttl=100) == "s" * 900
 
 
 async def test_touch_moves_the_stale_window_along(cm, clock):
     await cm.get_or_set("k", lambda: 1, ttl=10, stale_ttl=30)
     assert await cm.touch("k", 100)
-    [(expires_at, stale_until)] = disk_rows(cm, "SELECT expires_at, stale_until FROM entries")
+    [(expires_at, stale_until)] = await disk_rows(cm, "SELECT expires_at, stale_until FROM entries")
     assert (expires_at, stale_until) == (clock.now + 100, clock.now + 130)
     clock.advance(110)
     assert await cm.get("k") is None
@@ -471,6 +483,7 @@ async def test_a_refresh_reaches_another_process_s_stale_copy(cm, other, clock):
     clock.advance(15)
     assert await cm.get_or_set("k", lambda: "v2", ttl=10, stale_ttl=30) == "v1"
     await wait_until(lambda: not cm._here().refreshes)
+    await heard(other)
     assert await other.get_or_set("k", lambda: "other", ttl=10, stale_ttl=30) == "v2"  # no stale copy left
 
 
@@ -496,8 +509,8 @@ async def test_bad_stale_ttl_is_refused(cm, stale_ttl, error):
 # ---------------------------------------------------------------- ttl_jitter
 
 
-async def test_ttl_jitter_spreads_the_expiries_of_keys_set_together(cache_dir, clock):
-    async with CacheManager({"disk_cache_dir": str(cache_dir), "ttl_jitter": 0.2}, clock=clock) as cm:
+async def test_ttl_jitter_spreads_the_expiries_of_keys_set_together(disk_config, clock):
+    async with CacheManager({**disk_config(), "ttl_jitter": 0.2}, clock=clock) as cm:
         keys = [f"k{n}" for n in range(200)]
         await cm.set_many(dict.fromkeys(keys, 1), ttl=100)
         for key in keys[:5]:
@@ -523,8 +536,8 @@ def test_bad_ttl_jitter_is_refused_naming_the_key(jitter):
 # ---------------------------------------------------------------- the pool
 
 
-async def test_the_pool_offers_the_same_calls(cache_dir, clock):
-    manager = CacheManager({"disk_cache_dir": str(cache_dir)}, clock=clock)
+async def test_the_pool_offers_the_same_calls(disk_config, clock):
+    manager = CacheManager(disk_config(), clock=clock)
     async with ResourcePool(manager, cache_ttl=60) as pool:
         await pool.cache_set_many({"a": 1, "b": 2})
         assert await pool.cache_get_many(["a", "b", "c"]) == {"a": 1, "b": 2}

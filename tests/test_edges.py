@@ -1,4 +1,6 @@
-"""The edges of DESIGN.md, each one a case that failed before its fix (issue 10)."""
+"""The edges of DESIGN.md, each one a case that failed before its fix (issue 10); those of the
+store's contract on each store in turn (the `disk_config` fixture), those of SQLite's file and
+internals on SQLite alone."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import uuid
 
 import pytest
 
+from pg_server import disk_rows, heard
 from sqlcache import CacheLevel, CacheManager
 from sqlcache._plan import LOG_KEEP_ROWS
 
@@ -19,9 +22,8 @@ def config(cache_dir, **extra):
     return {"disk_cache_dir": str(cache_dir), **extra}
 
 
-def disk_keys(cache_dir) -> set[str]:
-    with sqlite3.connect(cache_dir / "sqlcache.db") as db:
-        return {key for (key,) in db.execute("SELECT key FROM entries")}
+async def disk_keys(cache: CacheManager) -> set[str]:
+    return {key for (key,) in await disk_rows(cache, "SELECT key FROM entries")}
 
 
 # ---------------------------------------------------------------- keys and tags are any text
@@ -30,32 +32,32 @@ NUL_KEYS = ["k\x00", "\x00", "a\x00b", "ключ\x00"]
 
 
 @pytest.mark.parametrize("key", NUL_KEYS)
-async def test_a_key_with_nul_is_deleted_from_disk(cache_dir, key):
-    async with CacheManager(config(cache_dir)) as cache:
+async def test_a_key_with_nul_is_deleted_from_disk(disk_config, key):
+    async with CacheManager(disk_config()) as cache:
         await cache.set(key, 1)
         await cache.set(key.split("\x00")[0], "prefix twin")  # what a cut-short key would hit
         assert await cache.delete(key)
-        assert key not in disk_keys(cache_dir)
-        assert key.split("\x00")[0] in disk_keys(cache_dir)
+        assert key not in await disk_keys(cache)
+        assert key.split("\x00")[0] in await disk_keys(cache)
 
 
-async def test_a_memory_set_of_a_nul_key_drops_its_disk_copy(cache_dir):
-    async with CacheManager(config(cache_dir)) as cache:
+async def test_a_memory_set_of_a_nul_key_drops_its_disk_copy(disk_config):
+    async with CacheManager(disk_config()) as cache:
         await cache.set("k\x00", "old", level=CacheLevel.DISK)
         await cache.set("k\x00", "new", level=CacheLevel.MEMORY)
-    async with CacheManager(config(cache_dir)) as cache:
+    async with CacheManager(disk_config()) as cache:
         assert await cache.get("k\x00") is None  # the old value never comes back
 
 
-async def test_concurrent_gets_of_nul_keys_find_them(cache_dir):
-    async with CacheManager(config(cache_dir, memory_max_size=0)) as cache:
+async def test_concurrent_gets_of_nul_keys_find_them(disk_config):
+    async with CacheManager({**disk_config(), "memory_max_size": 0}) as cache:
         for key in NUL_KEYS:
             await cache.set(key, key)
         assert await asyncio.gather(*(cache.get(key) for key in NUL_KEYS)) == NUL_KEYS
 
 
-async def test_tags_differing_after_a_nul_are_different_tags(cache_dir):
-    async with CacheManager(config(cache_dir, memory_max_size=0)) as cache:
+async def test_tags_differing_after_a_nul_are_different_tags(disk_config):
+    async with CacheManager({**disk_config(), "memory_max_size": 0}) as cache:
         await cache.set("a", 1, tags=["grp\x00A"])
         await cache.set("b", 2, tags=["grp"])
         assert await cache.invalidate_by_tag("grp") == 1
@@ -92,8 +94,8 @@ async def test_enum_and_uuid_values_are_refused_at_every_level(cache_dir, value,
 # ---------------------------------------------------------------- successive event loops
 
 
-def test_one_manager_works_in_successive_event_loops(cache_dir):
-    cache = CacheManager(config(cache_dir, access_flush_interval=0.01))
+def test_one_manager_works_in_successive_event_loops(disk_config):
+    cache = CacheManager({**disk_config(), "access_flush_interval": 0.01})
 
     async def first() -> None:
         await cache.set("a", 1)
@@ -173,8 +175,8 @@ class FailingOnce:
 )
 @pytest.mark.parametrize("where", ["same manager", "other manager", "no disk tier"])
 @pytest.mark.parametrize("level", [CacheLevel.ALL, CacheLevel.MEMORY])
-async def test_a_loader_result_never_overwrites_a_change_made_while_it_ran(cache_dir, change, where, level):
-    settings = config(cache_dir, disk_cache_enabled=where != "no disk tier")
+async def test_a_loader_result_never_overwrites_a_change_made_while_it_ran(disk_config, change, where, level):
+    settings = disk_config() if where != "no disk tier" else {"disk_cache_enabled": False}
     async with CacheManager(settings) as cache, CacheManager(settings) as other:
         changer = other if where == "other manager" else cache
         loading, release = asyncio.Event(), asyncio.Event()
@@ -197,8 +199,8 @@ async def test_a_loader_result_never_overwrites_a_change_made_while_it_ran(cache
 # ---------------------------------------------------------------- one bad argument fails alone
 
 
-async def test_a_bad_tag_fails_only_its_own_call_and_keeps_read_statistics(cache_dir):
-    async with CacheManager(config(cache_dir, memory_max_size=0)) as cache:
+async def test_a_bad_tag_fails_only_its_own_call_and_keeps_read_statistics(disk_config):
+    async with CacheManager({**disk_config(), "memory_max_size": 0}) as cache:
         await cache.set("read-me", 1)
         assert await cache.get("read-me") == 1
         results = await asyncio.gather(
@@ -212,15 +214,14 @@ async def test_a_bad_tag_fails_only_its_own_call_and_keeps_read_statistics(cache
         assert results[0] is None and results[4] is None
         assert all(isinstance(error, ValueError) and "surrogate" in str(error) for error in results[1:4])
         assert await cache.get("good") == 1 and await cache.get("also-good") == 2
-    with sqlite3.connect(cache_dir / "sqlcache.db") as db:
-        assert db.execute("SELECT access_count FROM cache_entries WHERE key = 'read-me'").fetchone() == (1,)
+    assert await disk_rows(cache, "SELECT access_count FROM cache_entries WHERE key = 'read-me'") == [(1,)]
 
 
 # ---------------------------------------------------------------- coherence after close and across ages
 
 
-async def test_a_closed_manager_used_again_serves_nothing_stale(cache_dir):
-    settings = config(cache_dir)
+async def test_a_closed_manager_used_again_serves_nothing_stale(disk_config):
+    settings = disk_config()
     cache = CacheManager(settings)
     await cache.set("k", "old")
     await cache.close()
@@ -230,12 +231,13 @@ async def test_a_closed_manager_used_again_serves_nothing_stale(cache_dir):
     await cache.close()
 
 
-async def test_a_memory_value_survives_an_older_change_from_another_process(cache_dir):
-    async with CacheManager(config(cache_dir, sync_interval=3600)) as cache, CacheManager(config(cache_dir)) as other:
+async def test_a_memory_value_survives_an_older_change_from_another_process(disk_config):
+    async with CacheManager({**disk_config(), "sync_interval": 3600}) as cache, CacheManager(disk_config()) as other:
         await other.set("k", "disk")  # logged first
         await other.invalidate_by_tag("t")
         await other.clear()
         await cache.set("k", "mine", level=CacheLevel.MEMORY, tags=["t"])  # logged after all three
+        await heard(cache)
         cache._next_sync = -math.inf  # now it reads the three older rows
         assert await cache.get("k") == "mine"
 
@@ -272,8 +274,8 @@ async def test_a_file_set_aside_by_another_process_is_followed(cache_dir):
 # ---------------------------------------------------------------- memory tier and statistics
 
 
-async def test_the_memory_tier_lfu_keeps_a_refreshed_keys_count(cache_dir):
-    async with CacheManager(config(cache_dir, memory_max_size=2, invalidation_strategy="lfu")) as cache:
+async def test_the_memory_tier_lfu_keeps_a_refreshed_keys_count(disk_config):
+    async with CacheManager({**disk_config(), "memory_max_size": 2, "invalidation_strategy": "lfu"}) as cache:
         await cache.set("hot", 0, level=CacheLevel.MEMORY)
         for round_ in range(5):
             assert await cache.get("hot") == round_
@@ -283,9 +285,9 @@ async def test_the_memory_tier_lfu_keeps_a_refreshed_keys_count(cache_dir):
         assert await cache.get("hot") == 5 and await cache.get("cold") is None
 
 
-async def test_many_buffered_reads_schedule_one_flush(cache_dir, monkeypatch):
+async def test_many_buffered_reads_schedule_one_flush(disk_config, monkeypatch):
     monkeypatch.setattr("sqlcache._manager._MAX_PENDING_READS", 10)
-    async with CacheManager(config(cache_dir)) as cache:
+    async with CacheManager(disk_config()) as cache:
         for i in range(30):
             await cache.set(f"k{i}", i, level=CacheLevel.MEMORY)
         before = len(asyncio.all_tasks())
@@ -295,8 +297,8 @@ async def test_many_buffered_reads_schedule_one_flush(cache_dir, monkeypatch):
 
 
 @pytest.mark.parametrize("stored", [False, True])
-async def test_every_caller_of_a_shared_lookup_counts_as_a_get(cache_dir, stored):
-    async with CacheManager(config(cache_dir, memory_max_size=0)) as cache:
+async def test_every_caller_of_a_shared_lookup_counts_as_a_get(disk_config, stored):
+    async with CacheManager({**disk_config(), "memory_max_size": 0}) as cache:
         if stored:
             await cache.set("k", "v")
         calls = 0
@@ -316,8 +318,8 @@ async def test_every_caller_of_a_shared_lookup_counts_as_a_get(cache_dir, stored
 # ---------------------------------------------------------------- messages
 
 
-async def test_error_messages_are_short_and_clear(cache_dir):
-    async with CacheManager(config(cache_dir, disk_max_size=1000)) as cache:
+async def test_error_messages_are_short_and_clear(disk_config):
+    async with CacheManager({**disk_config(), "disk_max_size": 1000}) as cache:
         with pytest.raises(ValueError) as too_large:
             await cache.set("k" * 1_000_000, "v")
         assert len(str(too_large.value)) < 300
@@ -328,8 +330,8 @@ async def test_error_messages_are_short_and_clear(cache_dir):
 
 
 @pytest.mark.parametrize("disk", [True, False])
-async def test_a_caller_arriving_after_a_change_does_not_share_a_load_begun_before_it(cache_dir, disk):
-    async with CacheManager(config(cache_dir, disk_cache_enabled=disk)) as cache:
+async def test_a_caller_arriving_after_a_change_does_not_share_a_load_begun_before_it(disk_config, disk):
+    async with CacheManager(disk_config() if disk else {"disk_cache_enabled": False}) as cache:
         loading, release = asyncio.Event(), asyncio.Event()
 
         async def old_loader():

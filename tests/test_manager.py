@@ -1,33 +1,30 @@
-"""CacheManager behaviour as the guide and DESIGN.md promise it, on a real SQLite file."""
+"""CacheManager behaviour as the guide and DESIGN.md promise it, on each store in turn (a real
+SQLite file, a real PostgreSQL database: the `disk_config` fixture); what only SQLite has (its
+file, its SQL dialect) on SQLite alone."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import math
-import sqlite3
 
 import pytest
 
+from pg_server import disk_rows
 from sqlcache import CacheLevel, CacheManager, InvalidationStrategy
 
 
 @pytest.fixture
-async def cm(cache_dir, clock):
-    manager = CacheManager({"disk_cache_dir": str(cache_dir)}, clock=clock)
+async def cm(disk_config, clock):
+    manager = CacheManager(disk_config(), clock=clock)
     yield manager
     await manager.close()
 
 
 async def reopen(manager: CacheManager) -> CacheManager:
-    """Close a manager and open a new one on the same directory (a process restart)."""
+    """Close a manager and open a new one on the same disk (a process restart)."""
     await manager.close()
     return CacheManager(manager.config, clock=manager.clock)
-
-
-def disk_rows(manager: CacheManager, sql: str, params=()) -> list[tuple]:
-    with sqlite3.connect(manager.config.db_path) as db:
-        return db.execute(sql, params).fetchall()
 
 
 # ---------------------------------------------------------------- the guide's examples
@@ -107,7 +104,7 @@ async def test_ttl_zero_means_no_expiry(cm, clock):
     await cm.set("forever", "x", 0)
     clock.advance(10 * 365 * 86400)
     assert await cm.get("forever") == "x"
-    assert disk_rows(cm, "SELECT expires_at FROM cache_entries WHERE key = 'forever'") == [(None,)]
+    assert await disk_rows(cm, "SELECT expires_at FROM cache_entries WHERE key = 'forever'") == [(None,)]
 
 
 async def test_disk_hit_is_promoted_with_its_remaining_ttl(cm, clock):
@@ -154,7 +151,7 @@ async def test_set_replaces_tags(cm):
     await cm.set("k", 2, tags=["c"])
     assert await cm.invalidate_by_tag("a") == 0
     assert await cm.get("k") == 2
-    assert disk_rows(cm, "SELECT tag FROM cache_tags ORDER BY tag") == [("c",)]
+    assert await disk_rows(cm, "SELECT tag FROM cache_tags ORDER BY tag") == [("c",)]
     assert await cm.invalidate_by_tag("c") == 1
 
 
@@ -245,11 +242,11 @@ async def test_bad_arguments_raise_before_anything_changes(cm):
     with pytest.raises(ValueError, match="pattern"):
         await cm.invalidate_by_pattern("market_data:(")
     assert await cm.get("k") == "original"
-    assert disk_rows(cm, "SELECT count(*) FROM entries") == [(1,)]
+    assert await disk_rows(cm, "SELECT count(*) FROM entries") == [(1,)]
 
 
-async def test_value_larger_than_the_disk_tier_is_refused(cache_dir):
-    async with CacheManager({"disk_cache_dir": str(cache_dir), "disk_max_size": 1000}) as manager:
+async def test_value_larger_than_the_disk_tier_is_refused(disk_config):
+    async with CacheManager({**disk_config(), "disk_max_size": 1000}) as manager:
         await manager.set("k", "small")
         with pytest.raises(ValueError, match="disk_max_size"):
             await manager.set("k", "x" * 2000)
@@ -274,21 +271,22 @@ async def test_memory_tier_hands_back_the_stored_object(cm):
     assert await cm.get("k") is value
 
 
-async def test_values_are_readable_json_in_sql(cm):
-    await cm.set("market_data:BTC:1m", {"close": 42.5, "candles": [1, 2]}, tags=["BTC"])
-    await cm.set("raw", b"\xff\x00")
-    rows = disk_rows(
+async def test_values_are_readable_json_in_sql(cache_dir):  # SQLite's json_extract (test_postgres: PostgreSQL's)
+    async with CacheManager({"disk_cache_dir": str(cache_dir)}) as cm:
+        await cm.set("market_data:BTC:1m", {"close": 42.5, "candles": [1, 2]}, tags=["BTC"])
+        await cm.set("raw", b"\xff\x00")
+    rows = await disk_rows(
         cm,
         "SELECT key, json_extract(value_json, '$.close'), codec, tags FROM cache_entries ORDER BY key",
     )
     assert rows == [("market_data:BTC:1m", 42.5, "json", '["BTC"]'), ("raw", None, "bytes", "[]")]
 
 
-async def test_pickle_is_opt_in(cache_dir):
-    async with CacheManager({"disk_cache_dir": str(cache_dir), "allow_pickle": True}) as manager:
+async def test_pickle_is_opt_in(disk_config):
+    async with CacheManager({**disk_config(), "allow_pickle": True}) as manager:
         await manager.set("k", {1, 2, 3}, level=CacheLevel.DISK)
         assert await manager.get("k") == {1, 2, 3}
-    async with CacheManager({"disk_cache_dir": str(cache_dir)}) as manager:
+    async with CacheManager(disk_config()) as manager:
         # A process that did not opt in never unpickles what it finds in the file.
         assert await manager.get("k") is None
 
@@ -361,7 +359,7 @@ async def test_stats_rates_are_fractions_and_zero_before_any_lookup(cm):
     assert (stats["memory_hits"], stats["disk_hits"], stats["misses"], stats["sets"]) == (1, 1, 1, 2)
     assert stats["memory_hit_rate"] == pytest.approx(1 / 3)
     assert stats["disk_hit_rate"] == pytest.approx(1 / 2)
-    assert stats["disk_size"] == sum(size for (size,) in disk_rows(cm, "SELECT size FROM entries"))
+    assert stats["disk_size"] == sum(size for (size,) in await disk_rows(cm, "SELECT size FROM entries"))
 
 
 async def test_memory_only_cache_works_without_a_file(tmp_path, clock):
@@ -380,7 +378,7 @@ async def test_views_give_iso_times_and_access_counts(cm, clock):
     for _ in range(3):
         await cm.get("k")
     await cm.close()  # flushes the read statistics
-    [(created, expires, accessed, count, value)] = disk_rows(
+    [(created, expires, accessed, count, value)] = await disk_rows(
         cm, "SELECT created_at, expires_at, accessed_at, access_count, value_json FROM cache_entries"
     )
     assert created == "2023-11-14T22:13:20.000Z" and expires == "2023-11-14T22:14:20.000Z"
@@ -390,8 +388,8 @@ async def test_views_give_iso_times_and_access_counts(cm, clock):
 # ---------------------------------------------------------------- concurrent disk reads
 
 
-async def test_concurrent_disk_reads_each_get_their_own_value(cache_dir):
-    async with CacheManager({"disk_cache_dir": str(cache_dir), "memory_max_size": 0}) as manager:
+async def test_concurrent_disk_reads_each_get_their_own_value(disk_config):
+    async with CacheManager({**disk_config(), "memory_max_size": 0}) as manager:
         for i in range(50):
             await manager.set(f"k{i}", {"i": i}, level=CacheLevel.DISK)
         keys = [f"k{i % 60}" for i in range(200)]  # repeats, and ten keys that do not exist
@@ -400,8 +398,8 @@ async def test_concurrent_disk_reads_each_get_their_own_value(cache_dir):
         assert (await manager.get_stats())["disk_hits"] == sum(1 for i in range(200) if i % 60 < 50)
 
 
-async def test_a_cancelled_reader_does_not_disturb_the_others(cache_dir):
-    async with CacheManager({"disk_cache_dir": str(cache_dir), "memory_max_size": 0}) as manager:
+async def test_a_cancelled_reader_does_not_disturb_the_others(disk_config):
+    async with CacheManager({**disk_config(), "memory_max_size": 0}) as manager:
         await manager.set("k", "v", level=CacheLevel.DISK)
         readers = [asyncio.ensure_future(manager.get("k")) for _ in range(10)]
         await asyncio.sleep(0)
@@ -412,8 +410,8 @@ async def test_a_cancelled_reader_does_not_disturb_the_others(cache_dir):
         assert await manager.get("k") == "v"
 
 
-async def test_a_read_overlapping_a_write_is_not_promoted_stale(cache_dir):
-    async with CacheManager({"disk_cache_dir": str(cache_dir)}) as manager:
+async def test_a_read_overlapping_a_write_is_not_promoted_stale(disk_config):
+    async with CacheManager(disk_config()) as manager:
         await manager.set("k", "old", level=CacheLevel.DISK)
         reads = [asyncio.ensure_future(manager.get("k")) for _ in range(5)]
         await manager.set("k", "new", level=CacheLevel.DISK)
@@ -423,8 +421,8 @@ async def test_a_read_overlapping_a_write_is_not_promoted_stale(cache_dir):
         assert await manager.get("k") == "new"
 
 
-async def test_get_or_set_callers_arriving_together_share_the_disk_lookup_and_a_failure(cache_dir):
-    async with CacheManager({"disk_cache_dir": str(cache_dir), "memory_max_size": 0}) as manager:
+async def test_get_or_set_callers_arriving_together_share_the_disk_lookup_and_a_failure(disk_config):
+    async with CacheManager({**disk_config(), "memory_max_size": 0}) as manager:
         calls = 0
 
         def failing_at_once():
@@ -436,8 +434,8 @@ async def test_get_or_set_callers_arriving_together_share_the_disk_lookup_and_a_
         assert calls == 1 and all(isinstance(result, RuntimeError) for result in results)
 
 
-async def test_a_set_whose_caller_is_cancelled_still_lands_in_both_tiers_together(cache_dir):
-    async with CacheManager({"disk_cache_dir": str(cache_dir)}) as manager:
+async def test_a_set_whose_caller_is_cancelled_still_lands_in_both_tiers_together(disk_config):
+    async with CacheManager(disk_config()) as manager:
         await manager.set("k", "old")
         in_flight = asyncio.ensure_future(manager.invalidate_by_tag("none"))  # a batch in the worker
         await asyncio.sleep(0)
@@ -447,5 +445,5 @@ async def test_a_set_whose_caller_is_cancelled_still_lands_in_both_tiers_togethe
         await manager.set("other", 1)  # commits after it
         assert cancelled.cancelled() and await in_flight == 0
         assert await manager.get("k") == "new"  # memory agrees with the committed disk row
-    async with CacheManager({"disk_cache_dir": str(cache_dir)}) as manager:
+    async with CacheManager(disk_config()) as manager:
         assert await manager.get("k") == "new"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import tempfile
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -51,17 +50,17 @@ def test_prefix_successor_bounds_exactly_the_strings_with_the_prefix(prefix, key
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.sets(keys, max_size=12), patterns)
-def test_pattern_invalidation_removes_exactly_what_a_full_scan_would(stored_keys, pattern):
+def test_pattern_invalidation_removes_exactly_what_a_full_scan_would(disk_config, stored_keys, pattern):
     assume(is_valid(pattern))
 
     async def run() -> tuple[int, set[str]]:
-        with tempfile.TemporaryDirectory() as directory:
-            async with CacheManager({"disk_cache_dir": directory, "check_on_open": False}) as manager:
-                for key in stored_keys:
-                    await manager.set(key, key, level=CacheLevel.DISK)
-                removed = await manager.invalidate_by_pattern(pattern)
-                left = {key for key in stored_keys if await manager.get(key) is not None}
-                return removed, left
+        async with CacheManager({**disk_config(), "check_on_open": False}) as manager:
+            await manager.clear()  # what an earlier example left
+            for key in stored_keys:
+                await manager.set(key, key, level=CacheLevel.DISK)
+            removed = await manager.invalidate_by_pattern(pattern)
+            left = {key for key in stored_keys if await manager.get(key) is not None}
+            return removed, left
 
     removed, left = asyncio.run(run())
     expected_left = {key for key in stored_keys if not re.match(pattern, key)}
