@@ -85,9 +85,8 @@ class CacheConfig:
     @property
     def db_path(self) -> Path:
         """The SQLite file: `sqlite:///...`'s path, else `sqlcache.db` in `disk_cache_dir`."""
-        if self.disk_cache_url is not None and parse_url(self.disk_cache_url).path is not None:
-            return parse_url(self.disk_cache_url).path
-        return self.disk_cache_dir / "sqlcache.db"
+        path = parse_url(self.disk_cache_url).path if self.disk_cache_url is not None else None
+        return path if path is not None else self.disk_cache_dir / "sqlcache.db"
 
     @classmethod
     def from_mapping(cls, config: "Mapping[str, Any] | CacheConfig | None") -> "CacheConfig":

@@ -75,7 +75,7 @@ from ._postgres_preload import PostgresDatabase
 from ._urls import describe_server, passwords, redact
 
 try:
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]  # ships no type information
 except ImportError:  # pragma: no cover - the extra is not installed
     asyncpg = None
 

@@ -33,6 +33,7 @@ import os
 import random
 import contextvars
 import socket
+import sys
 import sqlite3
 import threading
 import time
@@ -247,45 +248,50 @@ class _MemoryDatabase:
 
 
 class TaskTable:
-    """The preloader's statements on `preload_task_state`, one method each."""
+    """The preloader's statements on `preload_task_state`, one method each.
 
-    def __init__(self, database: _Database):
+    `sql` holds the statements under the names this module gives them: this module itself for
+    SQLite, `sqlcache._postgres_preload` (the same names in PostgreSQL's dialect) for PostgreSQL.
+    """
+
+    def __init__(self, database: _Database, sql: Any = None):
         self.database = database
+        self.sql = sql if sql is not None else sys.modules[__name__]
 
     async def register(self, task: PreloadTask) -> None:
-        await self.database.fetch(REGISTER_TASK, task.definition())
+        await self.database.fetch(self.sql.REGISTER_TASK, task.definition())
 
     async def claim(self, name: str, owner: str, now: float, lease: float, force: bool) -> tuple[int, float] | None:
         """Take the lease for `lease` seconds if the task is due at `now` (the schedule's clock):
         the task's consecutive failures so far and the lease's end, or None if not claimed."""
         params = {"name": name, "owner": owner, "now": now, "lease": lease, "force": force}
-        rows = await self.database.fetch(CLAIM_TASK, params)
+        rows = await self.database.fetch(self.sql.CLAIM_TASK, params)
         return (rows[0][0], rows[0][1]) if rows else None
 
     async def renew(self, name: str, owner: str, lease: float) -> float | None:
         """Extend this owner's lease to `lease` seconds from now: its new end, or None if it is
         not ours any more."""
-        rows = await self.database.fetch(RENEW_LEASE, {"name": name, "owner": owner, "lease": lease})
+        rows = await self.database.fetch(self.sql.RENEW_LEASE, {"name": name, "owner": owner, "lease": lease})
         return rows[0][0] if rows else None
 
     async def release(self, name: str, owner: str) -> None:
-        await self.database.fetch(RELEASE_LEASE, {"name": name, "owner": owner})
+        await self.database.fetch(self.sql.RELEASE_LEASE, {"name": name, "owner": owner})
 
     async def schedule(self, name: str) -> Schedule | None:
-        rows = await self.database.fetch(READ_SCHEDULE, (name,))
+        rows = await self.database.fetch(self.sql.READ_SCHEDULE, (name,))
         return Schedule(bool(rows[0][0]), rows[0][1], rows[0][2]) if rows else None
 
     async def finish(self, name: str, owner: str, *, started: float, finished: float, duration: float,
                      error: str | None, next_run: float) -> None:
         params = {"name": name, "owner": owner, "started": started, "finished": finished,
                   "duration": duration, "error": error, "next_run": next_run}
-        await self.database.fetch(FINISH_RUN, params)
+        await self.database.fetch(self.sql.FINISH_RUN, params)
 
     async def set_enabled(self, name: str, enabled: bool) -> None:
-        await self.database.fetch(SET_ENABLED, (enabled, name))
+        await self.database.fetch(self.sql.SET_ENABLED, (enabled, name))
 
     async def stats(self, names: Iterable[str]) -> dict[str, dict[str, Any]]:
-        rows = await self.database.fetch(READ_TASKS, (orjson.dumps(list(names)).decode(),))
+        rows = await self.database.fetch(self.sql.READ_TASKS, (orjson.dumps(list(names)).decode(),))
         return {row[0]: dict(zip(_STAT_COLUMNS, row[1:])) for row in rows}
 
 
@@ -647,7 +653,7 @@ class CachePreloader:
             if self._table is None or self._table_manager is not manager:
                 if self._table is not None:
                     await self._table.database.close()
-                self._table = TaskTable(await self._open_database(manager))
+                self._table = await self._open_table(manager)
                 self._table_manager = manager
                 self._unsaved = set(self._tasks)
             table = self._table
@@ -660,12 +666,19 @@ class CachePreloader:
                     raise
         return table
 
-    async def _open_database(self, manager: CacheManager) -> _Database:
-        if manager.config.disk_cache_enabled:
-            return await _FileDatabase.open(manager)
+    async def _open_table(self, manager: CacheManager) -> TaskTable:
+        """The task table in the cache's own database: the SQLite file, the PostgreSQL server
+        (through the store's pool, in that dialect), or memory when the disk tier is off."""
+        store = await manager._disk()
+        if store is not None and hasattr(store, "preloader_database"):
+            from . import _postgres_preload  # imports this module's shared statements
+
+            return TaskTable(store.preloader_database(), _postgres_preload)
+        if store is not None:
+            return TaskTable(await _FileDatabase.open(manager))
         if self._memory is None or self._memory[0] is not manager:
             self._memory = (manager, _MemoryDatabase())
-        return self._memory[1]
+        return TaskTable(self._memory[1])
 
 
 async def _load(task: PreloadTask, lease: _Lease) -> Any:

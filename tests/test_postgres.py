@@ -407,6 +407,31 @@ async def test_the_preloader_statements_run_on_postgresql_and_one_host_gets_the_
         assert tuple(view) == (False, "1970-01-01T00:01:40.000Z", 2, None)
 
 
+async def test_the_preloader_runs_on_postgresql_once_for_two_hosts_and_keeps_its_statistics_there(pg_url):
+    from sqlcache import ResourcePool
+
+    calls = []
+
+    async def load_prices():
+        calls.append(1)
+        return {"BTC": 97000.5}
+
+    pools = [ResourcePool(CacheManager({"disk_cache_url": pg_url})) for _ in range(2)]
+    try:
+        for pool in pools:  # the same task, registered on two hosts
+            pool.register_preload_task("prices", load_prices, 3600, cache_key="market:prices", tags=["market"])
+        ran = await asyncio.gather(*(pool.run_preload_task_now("prices") for pool in pools))
+        assert sorted(ran) == [False, True] and len(calls) == 1  # one host held the lease
+        assert await pools[1].cache_get("market:prices") == {"BTC": 97000.5}
+        stats = await pools[0].get_preloader_stats()
+        assert stats["task_stats"]["prices"]["run_count"] == 1  # read from the shared table
+    finally:
+        for pool in pools:
+            await pool.close()
+    [view] = await query(pg_url, "SELECT name, run_count, error_count FROM preload_tasks")
+    assert tuple(view) == ("prices", 1, 0)
+
+
 async def test_keys_and_tags_compare_in_code_point_order_whatever_the_database_collation(cache, pg_url):
     columns = await query(
         pg_url,
