@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ._urls import SecretURL
-from ._urls import parse as parse_url
+from ._urls import parse as parse_url, redact
 
 MiB = 1024 * 1024
 
@@ -81,6 +81,13 @@ class CacheConfig:
     ttl_jitter: float = 0.0
     """Fraction j (0 <= j < 1): each set's ttl is multiplied by a random factor in [1 - j, 1],
     so keys set together do not all expire together."""
+
+    @property
+    def location(self) -> str:
+        """Where the disk tier is, fit for a message: the file, or the URL without its password."""
+        if self.disk_cache_url is not None and parse_url(self.disk_cache_url).engine == "postgresql":
+            return redact(self.disk_cache_url)
+        return str(self.db_path)
 
     @property
     def db_path(self) -> Path:

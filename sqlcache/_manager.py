@@ -859,7 +859,7 @@ class CacheManager:
             "disk_evictions": counts["disk_evictions"],
             "expirations": self._memory.expirations + counts["disk_expirations"],
             "invalidation_strategy": self.config.invalidation_strategy.value,
-            "db_path": str(self.config.db_path) if disk_enabled else None,
+            "db_path": self.config.location if disk_enabled else None,
         }
 
     # ------------------------------------------------------------------ argument checks

@@ -425,6 +425,8 @@ async def test_the_preloader_runs_on_postgresql_once_for_two_hosts_and_keeps_its
         assert await pools[1].cache_get("market:prices") == {"BTC": 97000.5}
         stats = await pools[0].get_preloader_stats()
         assert stats["task_stats"]["prices"]["run_count"] == 1  # read from the shared table
+        cache_stats = await pools[0].cache_manager.get_stats()
+        assert cache_stats["db_path"].startswith("postgresql://") and PASSWORD not in cache_stats["db_path"]
     finally:
         for pool in pools:
             await pool.close()
