@@ -420,13 +420,15 @@ class SQLiteStore:
         return rows
 
     def read_now(self, keys: Sequence[str]) -> dict[str, StoredRow] | None:
-        """`read` on the loop's connection; None for a large batch, or when the file is busy
-        (a WAL recovery by another process: rare, so that read waits in the worker)."""
+        """`read` on the loop's connection; None for a large batch, or when the loop's connection
+        cannot answer now (busy in a WAL recovery by another process, or being reopened after
+        the file was replaced: rare, so that read waits in the worker, which reports a lasting
+        error as it is)."""
         if len(keys) > LOOP_READ_MAX_KEYS:
             return None
         try:
             return self._read_rows(_opened(self._reader), keys)
-        except sqlite3.OperationalError:
+        except sqlite3.Error:
             return None
 
     @staticmethod
