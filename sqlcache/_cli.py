@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import decimal
 import functools
 import json
 import math
@@ -35,6 +36,7 @@ from . import __version__
 from ._exceptions import CacheBusyError, CacheError, StorageError
 from ._sqlite import LATEST_SCHEMA, _regexp
 from ._store import literal_prefix, prefix_successor
+from ._urls import DatabaseURL, parse as parse_url
 
 EXIT_OK = 0
 EXIT_NO = 1
@@ -92,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
         "--dir", metavar="DIR", default=argparse.SUPPRESS,
         help=f"the cache directory (disk_cache_dir) holding {DB_NAME}; default ./{DEFAULT_DIR}",
     )
+    where.add_argument(
+        "--url", metavar="URL", default=argparse.SUPPRESS,
+        help="the disk_cache_url: postgresql://user:password@host:port/dbname (a PostgreSQL cache; "
+        "check and vacuum are SQLite-only for now) or sqlite:///path (the same as --db path)",
+    )
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument(
         "--json", action="store_true",
@@ -116,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, run: Callable[[argparse.Namespace], int], help: str, json_output: bool = True):
         parents = [location, as_json] if json_output else [location]
         sub = commands.add_parser(name, parents=parents, help=help, description=help)
-        sub.set_defaults(run=run)
+        sub.set_defaults(run=run, command=name)
         return sub
 
     command("stats", run_stats, "entries, bytes, expiries and tags of the database")
@@ -196,13 +203,40 @@ def _positive_float(text: str) -> float:
 # ---------------------------------------------------------------- opening the database
 
 
-def _db_path(args: argparse.Namespace) -> Path:
-    db, directory = getattr(args, "db", None), getattr(args, "dir", None)
+def _location(args: argparse.Namespace) -> Path | DatabaseURL:
+    """The database the arguments name: a SQLite file (from --db, --dir or a sqlite:/// --url) or
+    a PostgreSQL URL."""
+    db, directory, url = getattr(args, "db", None), getattr(args, "dir", None), getattr(args, "url", None)
     if db is not None and directory is not None:
         raise CliError("give --db PATH or --dir DIR, not both", EXIT_USAGE)
+    if url is not None and (db is not None or directory is not None):
+        raise CliError("give --url URL or --db/--dir, not both", EXIT_USAGE)
+    if url is not None:
+        try:
+            parsed = parse_url(url)
+        except ValueError as error:
+            raise CliError(f"bad --url: {error}", EXIT_USAGE) from None
+        return parsed.path if parsed.engine == "sqlite" and parsed.path is not None else parsed
     if db is not None:
         return Path(db)
     return Path(directory or DEFAULT_DIR) / DB_NAME
+
+
+def _postgres_url(args: argparse.Namespace) -> DatabaseURL | None:
+    """The PostgreSQL database of `--url postgresql://...`, or None for a SQLite file."""
+    location = _location(args)
+    return location if isinstance(location, DatabaseURL) else None
+
+
+def _db_path(args: argparse.Namespace) -> Path:
+    """The SQLite file of a command that only SQLite has (a PostgreSQL --url is a usage error)."""
+    location = _location(args)
+    if isinstance(location, DatabaseURL):
+        raise CliError(
+            f"`sqlcache {args.command}` is SQLite-only for now; it cannot use the PostgreSQL cache "
+            f"{location.where} (use psql)", EXIT_USAGE,
+        )
+    return location
 
 
 def _require_file(path: Path) -> None:
@@ -335,24 +369,32 @@ def _has_table(connection: sqlite3.Connection, name: str) -> bool:
     return row.fetchone() is not None
 
 
-def _run_with_manager(path: Path, action: Callable[[Any], Any]) -> Any:
-    """Open `path` with a `CacheManager` and return `await action(manager)`.
+def _run_with_manager(location: Path | DatabaseURL, action: Callable[[Any], Any]) -> Any:
+    """Open the cache at `location` with a `CacheManager` and return `await action(manager)`.
 
-    Removals go through the manager so the invalidation log reaches other processes.
+    Removals go through the manager so the invalidation log reaches other processes (on every
+    host, for a PostgreSQL cache).
     """
-    with _read_only(path):  # a clear message for a missing or foreign file, before any write
-        pass
-    if path.name != DB_NAME:
-        raise CliError(
-            f"this command opens a cache directory's {DB_NAME}; {path} has another name, so pass "
-            f"--dir with the directory of a {DB_NAME}",
-            EXIT_USAGE,
-        )
-    _require_writable(path)
+    config: dict[str, Any] = {"check_on_open": False, "purge_interval": 0}
+    if isinstance(location, DatabaseURL):
+        with _pg_read_only(location):  # a clear message for a missing server or a foreign database
+            pass
+        config["disk_cache_url"] = location.url
+    else:
+        path = location
+        with _read_only(path):  # a clear message for a missing or foreign file, before any write
+            pass
+        if path.name != DB_NAME:
+            raise CliError(
+                f"this command opens a cache directory's {DB_NAME}; {path} has another name, so pass "
+                f"--dir with the directory of a {DB_NAME}",
+                EXIT_USAGE,
+            )
+        _require_writable(path)
+        config["disk_cache_dir"] = path.parent
     from ._manager import CacheManager
 
     async def run() -> Any:
-        config = {"disk_cache_dir": path.parent, "check_on_open": False, "purge_interval": 0}
         async with CacheManager(config) as manager:
             return await action(manager)
 
@@ -363,7 +405,102 @@ def _run_with_manager(path: Path, action: Callable[[Any], Any]) -> Any:
     except CacheError as error:
         raise CliError(str(error), EXIT_DATABASE) from None
     except OSError as error:  # e.g. the lock file in a directory that is not writable
-        raise CliError(f"cannot use the cache directory {path.parent}: {_os_error(error)}", EXIT_DATABASE) from None
+        raise CliError(f"cannot use the cache at {location}: {_os_error(error)}", EXIT_DATABASE) from None
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+# SQLSTATEs of a statement refused because the transaction is read-only: 25006 (a write, or a
+# function that writes, such as nextval), 25001 (SET TRANSACTION READ WRITE after the first query).
+READ_ONLY_REFUSALS = ("25006", "25001")
+
+# Makes the transaction's snapshot, so that the user's statement cannot switch it to read-write.
+PG_SNAPSHOT = "SELECT 1"
+# The schema version, which also tells a sqlcache database from any other.
+PG_SCHEMA_VERSION = "SELECT max(version) FROM sqlcache_schema"
+
+
+class _PgReader:
+    """A read-only transaction on a PostgreSQL cache, driven from this synchronous command.
+
+    Each call runs one statement to completion on the command's own event loop; keys and tags go
+    in and come out through the store's NUL escaping (`to_db`, `from_db`).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, connection: Any, url: DatabaseURL) -> None:
+        self._loop, self._connection, self.url = loop, connection, url
+
+    def fetch(self, statement: str, *params: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Column names and rows of `statement`; a refusal or failure as a `CliError` (exit 4)."""
+        from ._postgres import asyncpg
+
+        async def run() -> tuple[list[str], list[tuple[Any, ...]]]:
+            prepared = await self._connection.prepare(statement)
+            rows = await prepared.fetch(*params)
+            return [attribute.name for attribute in prepared.get_attributes()], [tuple(row) for row in rows]
+
+        try:
+            return self._loop.run_until_complete(run())
+        except asyncpg.PostgresError as error:
+            if error.sqlstate in READ_ONLY_REFUSALS:
+                raise CliError(_refusal(_scrubbed(error, self.url)), EXIT_SQL) from None
+            raise CliError(f"SQL failed: {_scrubbed(error, self.url)}", EXIT_SQL) from None
+        except (OSError, asyncio.TimeoutError, asyncpg.InterfaceError) as error:
+            raise CliError(f"lost the PostgreSQL cache {self.url.where}: {_scrubbed(error, self.url)}",
+                           EXIT_DATABASE) from None
+
+    def records(self, statement: str, *params: Any) -> list[dict[str, Any]]:
+        """The rows of one of this module's statements as dicts, keys and tags unescaped."""
+        from ._postgres import from_db, to_db
+
+        columns, rows = self.fetch(statement, *(to_db(p) if isinstance(p, str) else p for p in params))
+        return [
+            {name: from_db(value) if name in ("key", "tag") and isinstance(value, str) else value
+             for name, value in zip(columns, row)}
+            for row in rows
+        ]
+
+
+def _scrubbed(error: BaseException, url: DatabaseURL) -> str:
+    """The reason of a driver's error, with the URL redacted and its password hidden."""
+    from ._postgres import _scrub
+
+    return _scrub(str(error) or type(error).__name__, url.url)
+
+
+@contextlib.contextmanager
+def _pg_read_only(url: DatabaseURL) -> Iterator[_PgReader]:
+    """A read-only transaction on the PostgreSQL cache at `url`, rolled back on exit, or a
+    `CliError` naming the server (never the password) and saying why not (exit 3)."""
+    from ._postgres import asyncpg
+
+    if asyncpg is None:  # pragma: no cover - the extra is not installed
+        raise CliError("--url postgresql://... needs asyncpg: pip install 'sqlcache[postgresql]'", EXIT_DATABASE)
+    loop = asyncio.new_event_loop()
+    try:
+        try:
+            connection = loop.run_until_complete(asyncpg.connect(
+                url.url, timeout=BUSY_TIMEOUT, command_timeout=60.0,
+                server_settings={"application_name": "sqlcache-cli"},
+            ))
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            reason = _scrubbed(error, url)
+            raise CliError(f"cannot connect to the PostgreSQL cache {url.where}: {reason}", EXIT_DATABASE) from None
+        try:
+            loop.run_until_complete(connection.transaction(readonly=True).start())
+            reader = _PgReader(loop, connection, url)
+            reader.fetch(PG_SNAPSHOT)
+            try:
+                reader.fetch(PG_SCHEMA_VERSION)
+            except CliError:
+                raise CliError(f"the PostgreSQL database {url.where} is not a sqlcache database "
+                               "(it has no sqlcache schema)", EXIT_DATABASE) from None
+            yield reader
+        finally:
+            with contextlib.suppress(Exception):  # closing ends (rolls back) the transaction
+                loop.run_until_complete(connection.close(timeout=BUSY_TIMEOUT))
+    finally:
+        loop.close()
 
 
 def _os_error(error: OSError) -> str:
@@ -837,13 +974,19 @@ def _render_check(data: Mapping[str, Any]) -> str:
 def run_sql(args: argparse.Namespace) -> int:
     if not _has_statement(args.statement):
         raise CliError("no SQL statement given (the SQL argument is empty or only comments)", EXIT_USAGE)
-    with _read_only(_db_path(args)) as db:
-        try:
-            cursor = db.execute(args.statement)
-            rows = cursor.fetchall()
-        except (sqlite3.DatabaseError, sqlite3.ProgrammingError, sqlite3.Warning) as error:
-            raise CliError(db.regexp_error or _sql_failure(error), EXIT_SQL) from None
-        columns = _unique([column[0] for column in cursor.description or ()])
+    url = _postgres_url(args)
+    if url is not None:
+        with _pg_read_only(url) as reader:
+            names, rows = reader.fetch(args.statement)
+        columns = _unique(names)
+    else:
+        with _read_only(_db_path(args)) as db:
+            try:
+                cursor = db.execute(args.statement)
+                rows = cursor.fetchall()
+            except (sqlite3.DatabaseError, sqlite3.ProgrammingError, sqlite3.Warning) as error:
+                raise CliError(db.regexp_error or _sql_failure(error), EXIT_SQL) from None
+            columns = _unique([column[0] for column in cursor.description or ()])
     records = [dict(zip(columns, (_json_cell(value) for value in row))) for row in rows]
     _emit(args, records, lambda r: _table(r, columns) if columns else "(no result columns)")
     return EXIT_OK
@@ -872,13 +1015,26 @@ def _has_statement(text: str) -> bool:
 def _sql_failure(error: Exception) -> str:
     name = getattr(error, "sqlite_errorname", "")
     if name in ("SQLITE_READONLY", "SQLITE_AUTH"):
-        return (f"refused: `sqlcache sql` opens the database read-only, so statements that write are not "
-                f"allowed ({error}); nothing was changed. Use invalidate, purge or vacuum to change the cache.")
+        return _refusal(str(error))
     return f"SQL failed: {error}"
 
 
+def _refusal(reason: str) -> str:
+    """The message of a writing statement refused by `sql`, on either engine."""
+    return (f"refused: `sqlcache sql` opens the database read-only, so statements that write are not "
+            f"allowed ({reason}); nothing was changed. Use invalidate, purge or vacuum to change the cache.")
+
+
 def _json_cell(value: Any) -> Any:
-    return f"<blob, {len(value)} bytes>" if isinstance(value, bytes) else value
+    """A cell as JSON can hold it: a blob by its size; PostgreSQL's other types (numeric,
+    timestamps, arrays, ...) as numbers or as their text."""
+    if isinstance(value, (bytes, memoryview)):
+        return f"<blob, {len(value)} bytes>"
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value.is_finite() and value == value.to_integral_value() else float(value)
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    return str(value)
 
 
 def _unique(names: Sequence[str]) -> list[str]:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -71,9 +72,11 @@ def data_digests(directory: Path) -> dict[str, str]:
             if not name.endswith(("-shm", ".lock")) and (directory / name).stat().st_size > 0}
 
 
-async def fill(directory: Path) -> None:
-    """A cache as agents leave it: market data, an order book, raw bytes, a pickle, an expired entry."""
-    async with CacheManager({"disk_cache_dir": directory, "allow_pickle": True}) as cache:
+async def fill(directory: Path, url: str | None = None) -> None:
+    """A cache as agents leave it: market data, an order book, raw bytes, a pickle, an expired entry
+    (in `directory`, or with its disk tier at `url`)."""
+    where = {"disk_cache_dir": directory, **({"disk_cache_url": url} if url else {})}
+    async with CacheManager({**where, "allow_pickle": True}) as cache:
         await cache.set("market_data:BTC:1m", {"symbol": "BTC", "candles": CANDLES}, 30, tags=["market_data", "BTC", "1m"])
         await cache.set("market_data:ETH:1m", {"symbol": "ETH", "candles": CANDLES[:2]}, 3600,
                         tags=["market_data", "ETH", "1m"])
@@ -83,7 +86,7 @@ async def fill(directory: Path) -> None:
         for _ in range(3):
             await cache.get("market_data:BTC:1m")
     an_hour_ago = time.time() - 3600
-    async with CacheManager({"disk_cache_dir": directory}, clock=lambda: an_hour_ago) as old:
+    async with CacheManager(where, clock=lambda: an_hour_ago) as old:
         await old.set("market_data:SOL:1m", {"symbol": "SOL", "candles": CANDLES}, 60, tags=["market_data", "SOL"])
 
 
@@ -613,3 +616,87 @@ async def test_check_compares_tags_holding_nul_exactly(cache_dir: Path) -> None:
         connection.execute("DELETE FROM tags WHERE tag = ?", ("grp\x00A",))  # only the cut "grp" is left
     report = strict_json(sqlcache("--dir", str(cache_dir), "check", "--json").stdout)
     assert [check["check"] for check in report["checks"] if not check["ok"]] == ["tag index has every entry tag"]
+
+
+# ---------------------------------------------------------------- --url: a PostgreSQL cache
+
+
+@pytest.fixture
+async def pg_cache(pg_url: str, tmp_path: Path) -> str:
+    """The URL (with its password) of a PostgreSQL cache filled as `cache` is."""
+    await fill(tmp_path / "host", pg_url)
+    return pg_url
+
+
+async def pg_count(url: str, sql: str) -> int:
+    import asyncpg
+
+    connection = await asyncpg.connect(url)
+    try:
+        return await connection.fetchval(sql)
+    finally:
+        await connection.close()
+
+
+def test_sql_on_postgresql_reads_as_on_sqlite(pg_cache: str) -> None:
+    result = as_json(sqlcache("--url", pg_cache, "sql",
+                              "SELECT key, value_json::json->>'symbol' AS symbol FROM cache_entries "
+                              "WHERE key ~ '^market_data:(BTC|ETH)' ORDER BY key", "--json"))
+    assert result == [{"key": "market_data:BTC:1m", "symbol": "BTC"}, {"key": "market_data:ETH:1m", "symbol": "ETH"}]
+    text = sqlcache("sql", "SELECT count(*) AS n, sum(size) AS total FROM cache_entries", "--url", pg_cache)
+    lines = [line.split() for line in text.stdout.splitlines()]
+    assert lines[0] == ["n", "total"] and lines[2][0] == "6"
+    cells = as_json(sqlcache("--url", pg_cache, "sql", "SELECT sum(size) AS total, now() AS at, '\\x00ff'::bytea AS b, "
+                                                      "1 AS key, 2 AS key FROM entries", "--json"))[0]
+    assert isinstance(cells["total"], int) and isinstance(cells["at"], str)
+    assert (cells["b"], cells["key"], cells["key:2"]) == ("<blob, 2 bytes>", 1, 2)
+
+
+@pytest.mark.parametrize("statement", [
+    "DELETE FROM entries", "INSERT INTO tags VALUES ('x', 1)", "UPDATE counters SET bytes = 0",
+    "CREATE TABLE t (x int)", "DROP VIEW cache_tags", "SET TRANSACTION READ WRITE",
+    "SELECT nextval(pg_get_serial_sequence('entries', 'id'))",
+])
+async def test_sql_on_postgresql_refuses_writes_as_on_sqlite(pg_cache: str, cache: Path, statement: str) -> None:
+    before = await pg_count(pg_cache, "SELECT count(*) FROM entries")
+    refused = sqlcache("--url", pg_cache, "sql", statement)
+    assert_clean_failure(refused, 4, "refused: `sqlcache sql` opens the database read-only, so statements that "
+                                     "write are not allowed")
+    assert "nothing was changed" in refused.stderr
+    on_sqlite = sqlcache("--dir", str(cache), "sql", "DELETE FROM entries")
+    assert refused.stderr.split("(")[0] == on_sqlite.stderr.split("(")[0]  # the same message, the same code
+    assert on_sqlite.returncode == refused.returncode
+    assert await pg_count(pg_cache, "SELECT count(*) FROM entries") == before == 6
+    assert await pg_count(pg_cache, "SELECT count(*) FROM pg_class WHERE relname = 't'") == 0
+
+
+def test_sql_on_postgresql_failures_are_one_line(pg_cache: str, pg_url: str) -> None:
+    assert_clean_failure(sqlcache("--url", pg_cache, "sql", "SELEC 1"), 4, "SQL failed: syntax error")
+    assert_clean_failure(sqlcache("--url", pg_cache, "sql", "  -- nothing"), 2, "no SQL statement given")
+
+
+def test_an_unreachable_or_refusing_server_names_the_host_never_the_password(pg_url: str) -> None:
+    from pg_server import PASSWORD
+
+    wrong = pg_url.replace(PASSWORD, "Wr0ng-Secret-99")
+    refused = sqlcache("--url", wrong, "sql", "SELECT 1")
+    assert_clean_failure(refused, 3, "cannot connect to the PostgreSQL cache 127.0.0.1:")
+    assert "Wr0ng-Secret-99" not in refused.stderr + refused.stdout and len(refused.stderr.splitlines()) == 1
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    nowhere = f"postgresql://sqlcache:{PASSWORD}@127.0.0.1:{port}/cache"
+    for command in (["sql", "SELECT 1"],):
+        down = sqlcache("--url", nowhere, *command)
+        assert_clean_failure(down, 3, f"cannot connect to the PostgreSQL cache 127.0.0.1:{port}/cache")
+        assert PASSWORD not in down.stderr + down.stdout
+
+
+def test_a_sqlite_url_is_the_same_as_db(cache: Path) -> None:
+    db = cache / "sqlcache.db"
+    for command in (["stats", "--json"], ["keys", "--json"], ["tags", "--json"], ["sql", "SELECT key FROM entries", "--json"]):
+        by_url = sqlcache("--url", f"sqlite:///{db}", *command)
+        by_db = sqlcache("--db", str(db), *command)
+        assert by_url.returncode == 0 and by_url.stdout.replace("sqlite:///", "") == by_db.stdout
+    assert_clean_failure(sqlcache("--url", "mysql://u:pw@h/d", "stats"), 2, "bad --url")
+    assert_clean_failure(sqlcache("--url", f"sqlite:///{db}", "--db", str(db), "stats"), 2, "not both")
