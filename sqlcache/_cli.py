@@ -449,11 +449,16 @@ class _PgReader:
             raise CliError(f"lost the PostgreSQL cache {self.url.where}: {_scrubbed(error, self.url)}",
                            EXIT_DATABASE) from None
 
-    def records(self, statement: str, *params: Any) -> list[dict[str, Any]]:
-        """The rows of one of this module's statements as dicts, keys and tags unescaped."""
+    @property
+    def name(self) -> str:
+        """The database as messages name it: the server, never the password."""
+        return f"the PostgreSQL cache {self.url.where}"
+
+    def records(self, name: str, *params: Any) -> list[dict[str, Any]]:
+        """The rows of the statement `name` of `POSTGRES_SQL` as dicts, keys and tags unescaped."""
         from ._postgres import from_db, to_db
 
-        columns, rows = self.fetch(statement, *(to_db(p) if isinstance(p, str) else p for p in params))
+        columns, rows = self.fetch(POSTGRES_SQL[name], *(to_db(p) if isinstance(p, str) else p for p in params))
         return [
             {name: from_db(value) if name in ("key", "tag") and isinstance(value, str) else value
              for name, value in zip(columns, row)}
@@ -501,6 +506,29 @@ def _pg_read_only(url: DatabaseURL) -> Iterator[_PgReader]:
                 loop.run_until_complete(connection.close(timeout=BUSY_TIMEOUT))
     finally:
         loop.close()
+
+
+class _SqliteReader:
+    """The statements of `SQLITE_SQL` on a read-only connection (see `_reading`)."""
+
+    def __init__(self, connection: _Connection, path: Path) -> None:
+        self.connection, self.name = connection, str(path)
+
+    def records(self, name: str, *params: Any) -> list[dict[str, Any]]:
+        return [dict(row) for row in self.connection.execute(SQLITE_SQL[name], params)]
+
+
+@contextlib.contextmanager
+def _reading(args: argparse.Namespace) -> Iterator[_SqliteReader | _PgReader]:
+    """A read-only view of the database the arguments name, on either engine: its `records(name,
+    *params)` runs the statement of that name from `SQLITE_SQL` or `POSTGRES_SQL`."""
+    location = _location(args)
+    if isinstance(location, DatabaseURL):
+        with _pg_read_only(location) as reader:
+            yield reader
+    else:
+        with _read_only(location) as connection:
+            yield _SqliteReader(connection, location)
 
 
 def _os_error(error: OSError) -> str:
@@ -722,7 +750,7 @@ def run_keys(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _entry(row: sqlite3.Row) -> dict[str, Any]:
+def _entry(row: Mapping[str, Any]) -> dict[str, Any]:
     entry = dict(row)
     entry["tags"] = json.loads(entry["tags"])
     entry["expired"] = bool(entry["expired"])
@@ -742,20 +770,57 @@ def _render_keys(data: Mapping[str, Any]) -> str:
     return text + (f"\n... and {hidden} more (raise --limit)" if hidden > 0 else "")
 
 
-# ---------------------------------------------------------------- get
+# ---------------------------------------------------------------- the statements of each engine
 
-GET_ENTRY = f"""
-SELECT {ENTRY_COLUMNS}, value_json, (SELECT value FROM entries AS e WHERE e.key = c.key) AS value
-FROM cache_entries AS c WHERE key = ?
-"""
+# The statements of the commands that read on either engine, by name; the PostgreSQL statement of
+# a name returns the same columns as the SQLite one, with $1, $2 for SQLite's ? (`_reading`).
+SQLITE_SQL = {
+    # One entry with its value (never decoded: a pickle is never loaded here).
+    "entry": f"""SELECT {ENTRY_COLUMNS}, value_json, (SELECT value FROM entries AS e WHERE e.key = c.key) AS value
+                 FROM cache_entries AS c WHERE key = ?""",
+    # Tags with their entry counts and bytes, biggest first.
+    "tags": "SELECT tag, entries, bytes FROM cache_tags ORDER BY bytes DESC, tag",
+    # The preloader's tasks, every column of the view.
+    "tasks": "SELECT * FROM preload_tasks ORDER BY name",
+    # Whether the preloader's view exists (a database last opened by a sqlcache without it has none).
+    "has_tasks": "SELECT 1 AS found FROM sqlite_master WHERE name = 'preload_tasks' AND type IN ('table', 'view')",
+    # The schema version.
+    "version": "SELECT user_version AS version FROM pragma_user_version",
+    # The entry count and byte total.
+    "counters": "SELECT entries, bytes FROM counters WHERE id = 1",
+    # How many entries carry a tag, and how many of them are live at $now, by the tags primary key.
+    "tagged_counts": """SELECT count(*) AS matching, coalesce(sum(expires_at IS NULL OR expires_at > ?), 0) AS live
+                        FROM entries WHERE id IN (SELECT entry_id FROM tags WHERE tag = ?)""",
+    # The keys within a literal prefix's key range (by the key index), whether live at $now.
+    "keys_in_range": "SELECT key, expires_at IS NULL OR expires_at > ? AS live FROM entries WHERE key >= ? AND key < ?",
+    # Every key, whether live at $now (a pattern without a literal prefix).
+    "all_keys": "SELECT key, expires_at IS NULL OR expires_at > ? AS live FROM entries",
+}
+POSTGRES_SQL = {
+    "entry": f"""SELECT {ENTRY_COLUMNS}, value_json, (SELECT value FROM entries AS e WHERE e.key = c.key) AS value
+                 FROM cache_entries AS c WHERE key = $1""",
+    "tags": "SELECT tag, entries, bytes FROM cache_tags ORDER BY bytes DESC, tag",
+    "tasks": "SELECT * FROM preload_tasks ORDER BY name",
+    "has_tasks": "SELECT 1 AS found WHERE to_regclass('preload_tasks') IS NOT NULL",
+    "version": "SELECT max(version) AS version FROM sqlcache_schema",
+    # The sum of the 16 counter slots (see migrations/postgresql/0001_initial.sql).
+    "counters": "SELECT sum(entries)::bigint AS entries, sum(bytes)::bigint AS bytes FROM counters",
+    "tagged_counts": """SELECT count(*) AS matching, coalesce(sum((expires_at IS NULL OR expires_at > $1)::int), 0) AS live
+                        FROM entries WHERE id IN (SELECT entry_id FROM tags WHERE tag = $2)""",
+    "keys_in_range": "SELECT key, expires_at IS NULL OR expires_at > $1 AS live FROM entries WHERE key >= $2 AND key < $3",
+    "all_keys": "SELECT key, expires_at IS NULL OR expires_at > $1 AS live FROM entries",
+}
+
+
+# ---------------------------------------------------------------- get
 
 
 def run_get(args: argparse.Namespace) -> int:
-    with _read_only(_db_path(args)) as db:
-        row = db.execute(GET_ENTRY, (args.key,)).fetchone()
-    if row is None:
+    with _reading(args) as db:
+        found = db.records("entry", args.key)
+    if not found:
         raise CliError(f"no entry for key {args.key!r}", EXIT_NO)
-    entry = _entry(row)
+    entry = _entry(found[0])
     raw, value_json = entry.pop("value"), entry.pop("value_json")
     entry["value"] = json.loads(value_json) if value_json is not None else None
     if entry["codec"] == "bytes":
@@ -790,12 +855,10 @@ def _render_entry(entry: Mapping[str, Any], value_json: str | None, raw: bytes) 
 
 # ---------------------------------------------------------------- tags
 
-TAGS = "SELECT tag, entries, bytes FROM cache_tags ORDER BY bytes DESC, tag"
-
 
 def run_tags(args: argparse.Namespace) -> int:
-    with _read_only(_db_path(args)) as db:
-        rows = [dict(row) for row in db.execute(TAGS)]
+    with _reading(args) as db:
+        rows = db.records("tags")
     _emit(args, rows, lambda r: _table(r, ["tag", "entries", "bytes"]))
     return EXIT_OK
 
@@ -804,26 +867,41 @@ def run_tags(args: argparse.Namespace) -> int:
 
 
 def run_invalidate(args: argparse.Namespace) -> int:
-    path = _db_path(args)
-    where, params = _key_filter(args.tag, args.pattern)
-    with _read_only(path) as db:
-        matching, live = db.execute(
-            f"SELECT count(*), coalesce(sum(expires_at IS NULL OR expires_at > ?), 0) FROM entries WHERE {where}",
-            [time.time(), *params],
-        ).fetchone()
+    location = _location(args)
+    with _reading(args) as db:
+        matching, live = _matching(db, args.tag, args.pattern)
+        name = db.name
     what = f"tagged {args.tag!r}" if args.tag is not None else f"matching {args.pattern!r}"
-    question = f"Remove {_count(matching, 'entry', 'entries')} {what} ({live} live) from {path}?"
+    question = f"Remove {_count(matching, 'entry', 'entries')} {what} ({live} live) from {name}?"
     if matching and not args.yes and not _confirm(question):
         raise CliError("nothing removed (answer y, or pass --yes)", EXIT_NO)
     if not matching:
         removed = 0
     elif args.tag is not None:
-        removed = _run_with_manager(path, lambda manager: manager.invalidate_by_tag(args.tag))
+        removed = _run_with_manager(location, lambda manager: manager.invalidate_by_tag(args.tag))
     else:
-        removed = _run_with_manager(path, lambda manager: manager.invalidate_by_pattern(args.pattern))
+        removed = _run_with_manager(location, lambda manager: manager.invalidate_by_pattern(args.pattern))
     result = {"removed": removed, "tag": args.tag, "pattern": args.pattern}
     _emit(args, result, lambda r: f"removed {_count(r['removed'], 'live entry', 'live entries')} {what}")
     return EXIT_OK
+
+
+def _matching(db: _SqliteReader | _PgReader, tag: str | None, pattern: str | None) -> tuple[int, int]:
+    """How many entries a tag or a pattern (`re.match`, as the manager's) removes, and how many
+    of them are live: a pattern's keys are read within its literal prefix's range, by the key index."""
+    now = time.time()
+    if tag is not None:
+        counts = db.records("tagged_counts", now, tag)[0]
+        return counts["matching"], counts["live"]
+    assert pattern is not None
+    try:
+        prefix = literal_prefix(pattern)
+        upper = prefix_successor(prefix) if prefix else None
+        rows = db.records("all_keys", now) if upper is None else db.records("keys_in_range", now, prefix, upper)
+        found = [row["live"] for row in rows if _regexp(pattern, row["key"])]
+    except re.error as error:
+        raise CliError(f"invalid --pattern {pattern!r}: {error}", EXIT_USAGE) from None
+    return len(found), sum(bool(live) for live in found)
 
 
 def _confirm(question: str) -> bool:
@@ -833,11 +911,10 @@ def _confirm(question: str) -> bool:
 
 
 def run_purge(args: argparse.Namespace) -> int:
-    path = _db_path(args)
-    purged = _run_with_manager(path, lambda manager: manager.purge_expired())
-    with _read_only(path) as db:
-        entries, total = db.execute(STATS_SQL["counters"]).fetchone()
-    result = {"purged": purged, "entries": entries, "bytes": total}
+    purged = _run_with_manager(_location(args), lambda manager: manager.purge_expired())
+    with _reading(args) as db:
+        counters = db.records("counters")[0]
+    result = {"purged": purged, "entries": counters["entries"], "bytes": counters["bytes"]}
     _emit(args, result, lambda r: f"purged {_count(r['purged'], 'expired entry', 'expired entries')}; "
                                   f"{_count(r['entries'], 'entry', 'entries')} ({_bytes(r['bytes'])}) remain")
     return EXIT_OK
@@ -865,7 +942,6 @@ def run_vacuum(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- tasks
 
-TASKS = "SELECT * FROM preload_tasks ORDER BY name"
 
 # Columns of the `preload_tasks` view shown on screen (--json gives every column).
 TASK_COLUMNS = {
@@ -875,20 +951,19 @@ TASK_COLUMNS = {
 
 
 def run_tasks(args: argparse.Namespace) -> int:
-    path = _db_path(args)
-    with _read_only(path) as db:
-        if _has_table(db, "preload_tasks"):
-            rows = [_task(row) for row in db.execute(TASKS)]
+    with _reading(args) as db:
+        if db.records("has_tasks"):
+            rows = [_task(row) for row in db.records("tasks")]
         else:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            print(f"sqlcache: {path} has no preload_tasks table (schema version {version}): it was last opened "
+            version = db.records("version")[0]["version"]
+            print(f"sqlcache: {db.name} has no preload_tasks table (schema version {version}): it was last opened "
                   "by a sqlcache without the preloader, so it holds no preload tasks", file=sys.stderr)
             rows = []
     _emit(args, rows, _render_tasks)
     return EXIT_OK
 
 
-def _task(row: sqlite3.Row) -> dict[str, Any]:
+def _task(row: Mapping[str, Any]) -> dict[str, Any]:
     """A `preload_tasks` row with its truth value as a boolean and its tags as a list."""
     task = dict(row)
     task["enabled"] = bool(task["enabled"])

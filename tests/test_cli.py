@@ -5,6 +5,7 @@ The README's debugging queries are run here too, so the manual cannot drift from
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -686,7 +687,7 @@ def test_an_unreachable_or_refusing_server_names_the_host_never_the_password(pg_
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     nowhere = f"postgresql://sqlcache:{PASSWORD}@127.0.0.1:{port}/cache"
-    for command in (["sql", "SELECT 1"],):
+    for command in (["sql", "SELECT 1"], ["get", "k"], ["tags"], ["tasks"], ["purge"], ["invalidate", "--tag", "x", "--yes"]):
         down = sqlcache("--url", nowhere, *command)
         assert_clean_failure(down, 3, f"cannot connect to the PostgreSQL cache 127.0.0.1:{port}/cache")
         assert PASSWORD not in down.stderr + down.stdout
@@ -700,3 +701,41 @@ def test_a_sqlite_url_is_the_same_as_db(cache: Path) -> None:
         assert by_url.returncode == 0 and by_url.stdout.replace("sqlite:///", "") == by_db.stdout
     assert_clean_failure(sqlcache("--url", "mysql://u:pw@h/d", "stats"), 2, "bad --url")
     assert_clean_failure(sqlcache("--url", f"sqlite:///{db}", "--db", str(db), "stats"), 2, "not both")
+
+
+async def test_get_tags_and_tasks_on_postgresql_print_what_sqlite_prints(pg_cache: str, cache: Path) -> None:
+    for command in (["get", "market_data:BTC:1m"], ["get", "raw:frame"], ["get", "pickled:set"], ["tags"], ["tasks"]):
+        on_pg = as_json(sqlcache("--url", pg_cache, *command, "--json"))
+        on_sqlite = as_json(sqlcache("--dir", str(cache), *command, "--json"))
+        if command[0] == "get":  # written at other instants
+            for entry in (on_pg, on_sqlite):
+                del entry["created_at"], entry["expires_at"], entry["accessed_at"]
+        assert on_pg == on_sqlite, command
+    text = sqlcache("--url", pg_cache, "get", "pickled:set")
+    assert text.returncode == 0 and "<pickle, " in text.stdout
+    assert_clean_failure(sqlcache("--url", pg_cache, "get", "nope"), 1, "no entry for key 'nope'")
+    expired = sqlcache("--url", pg_cache, "get", "market_data:SOL:1m")
+    assert expired.returncode == 1 and "expired at" in expired.stderr
+
+
+async def test_invalidate_and_purge_on_postgresql_go_through_the_manager(pg_cache: str, tmp_path: Path) -> None:
+    async with CacheManager({"disk_cache_url": pg_cache, "disk_cache_dir": tmp_path / "other", "sync_interval": 0.05}) as other:
+        assert await other.get("order_book:ETH:depth_20") is not None  # now in its memory tier
+        declined = sqlcache("--url", pg_cache, "invalidate", "--tag", "order_book")
+        assert declined.returncode == 1
+        assert "Remove 1 entry tagged 'order_book' (1 live) from the PostgreSQL cache 127.0.0.1:" in declined.stderr
+        from pg_server import PASSWORD
+        assert PASSWORD not in declined.stderr
+        removed = as_json(sqlcache("--url", pg_cache, "invalidate", "--tag", "order_book", "--yes", "--json"))
+        assert removed["removed"] == 1
+        for _ in range(100):  # the other host hears of it through the invalidation log
+            if await other.get("order_book:ETH:depth_20") is None:
+                break
+            await asyncio.sleep(0.05)
+        assert await other.get("order_book:ETH:depth_20") is None
+    by_pattern = as_json(sqlcache("--url", pg_cache, "invalidate", "--pattern", r"market_data:(BTC|ETH)", "--yes", "--json"))
+    assert by_pattern["removed"] == 2
+    assert_clean_failure(sqlcache("--url", pg_cache, "invalidate", "--pattern", "(", "--yes"), 2, "invalid --pattern")
+    purged = as_json(sqlcache("--url", pg_cache, "purge", "--json"))
+    assert (purged["purged"], purged["entries"]) == (1, 2)  # SOL expired; raw:frame and pickled:set remain
+    assert purged["bytes"] == await pg_count(pg_cache, "SELECT sum(size) FROM entries")
