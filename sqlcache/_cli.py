@@ -364,11 +364,6 @@ def _require_schema(connection: sqlite3.Connection, path: Path) -> None:
         raise CliError(f"{path} is not a sqlcache database (it has no sqlcache schema)", EXIT_DATABASE)
 
 
-def _has_table(connection: sqlite3.Connection, name: str) -> bool:
-    row = connection.execute("SELECT 1 FROM sqlite_master WHERE name = ? AND type IN ('table', 'view')", (name,))
-    return row.fetchone() is not None
-
-
 def _run_with_manager(location: Path | DatabaseURL, action: Callable[[Any], Any]) -> Any:
     """Open the cache at `location` with a `CacheManager` and return `await action(manager)`.
 
@@ -454,6 +449,15 @@ class _PgReader:
         """The database as messages name it: the server, never the password."""
         return f"the PostgreSQL cache {self.url.where}"
 
+    @property
+    def shown(self) -> str:
+        """The database as `stats` shows it: its URL without the password."""
+        return self.url.redacted
+
+    def disk_bytes(self) -> int:
+        """The size of the database on the server."""
+        return self.records("disk_bytes")[0]["n"]
+
     def records(self, name: str, *params: Any) -> list[dict[str, Any]]:
         """The rows of the statement `name` of `POSTGRES_SQL` as dicts, keys and tags unescaped."""
         from ._postgres import from_db, to_db
@@ -516,6 +520,15 @@ class _SqliteReader:
 
     def records(self, name: str, *params: Any) -> list[dict[str, Any]]:
         return [dict(row) for row in self.connection.execute(SQLITE_SQL[name], params)]
+
+    @property
+    def shown(self) -> str:
+        """The database as `stats` shows it: the file's path."""
+        return self.name
+
+    def disk_bytes(self) -> int:
+        """The bytes of the database file and its write-ahead log."""
+        return sum(_file_size(Path(f"{self.name}{suffix}")) for suffix in ("", "-wal"))
 
 
 @contextlib.contextmanager
@@ -629,50 +642,35 @@ def _duration(seconds: float) -> str:
 
 # ---------------------------------------------------------------- stats
 
-STATS_SQL = {
-    "counters": "SELECT entries, bytes FROM counters WHERE id = 1",
-    # Expired entries still on disk (a scan: the end-of-life index orders by the stale window's end).
-    "expired": "SELECT count(*) FROM entries WHERE expires_at <= ?",
-    "never_expiring": "SELECT count(*) FROM entries WHERE expires_at IS NULL",
-    "next_expiry": "SELECT min(expires_at) FROM entries WHERE expires_at > ?",
-    "last_write": "SELECT max(created_at) FROM entries",
-    "tags": "SELECT count(DISTINCT tag) FROM tags",
-    "reads": "SELECT coalesce(sum(access_count), 0) FROM access",
-    "log": "SELECT count(*) FROM invalidations",
-    "tasks": "SELECT count(*) FROM preload_tasks",
-}
-
-
 def run_stats(args: argparse.Namespace) -> int:
-    path = _db_path(args)
-    with _read_only(path) as db:
-        _emit(args, _stats(db, path), _render_stats)
+    with _reading(args) as db:
+        _emit(args, _stats(db), _render_stats)
     return EXIT_OK
 
 
-def _stats(db: sqlite3.Connection, path: Path) -> dict[str, Any]:
+def _stats(db: _SqliteReader | _PgReader) -> dict[str, Any]:
     now = time.time()
 
     def scalar(name: str, *params: Any) -> Any:
-        return db.execute(STATS_SQL[name], params).fetchone()[0]
+        return db.records(name, *params)[0]["n"]
 
-    entries, total = db.execute(STATS_SQL["counters"]).fetchone()
-    expired = scalar("expired", now)
+    counters = db.records("counters")[0]
+    entries, expired = counters["entries"], scalar("expired", now)
     return {
-        "db_path": str(path),
-        "file_bytes": sum(_file_size(Path(f"{path}{suffix}")) for suffix in ("", "-wal")),
-        "schema_version": db.execute("PRAGMA user_version").fetchone()[0],
+        "db_path": db.shown,
+        "file_bytes": db.disk_bytes(),
+        "schema_version": db.records("version")[0]["version"],
         "entries": entries,
         "live_entries": entries - expired,
         "expired_entries": expired,
         "never_expiring": scalar("never_expiring"),
-        "bytes": total,
-        "tags": scalar("tags"),
+        "bytes": counters["bytes"],
+        "tags": scalar("tag_count"),
         "reads_recorded": scalar("reads"),
         "next_expiry": _iso(scalar("next_expiry", now)),
         "last_write": _iso(scalar("last_write")),
         "invalidation_log_rows": scalar("log"),
-        "preload_tasks": scalar("tasks") if _has_table(db, "preload_tasks") else None,
+        "preload_tasks": scalar("task_count") if db.records("has_tasks") else None,
     }
 
 
@@ -710,41 +708,18 @@ def _render_stats(stats: Mapping[str, Any]) -> str:
 
 ENTRY_COLUMNS = "key, tags, size, created_at, expires_at, accessed_at, access_count, codec, expired"
 
-# The keys carrying a tag, by the tags primary key (tag, entry_id).
-TAGGED_KEYS = "key IN (SELECT e.key FROM tags AS t JOIN entries AS e ON e.id = t.entry_id WHERE t.tag = ?)"
-# Keys matching a regex within the key range of its literal prefix, by the key index.
-PATTERN_IN_RANGE = "key >= ? AND key < ? AND key REGEXP ?"
-PATTERN_ANYWHERE = "key REGEXP ?"
-
-
-def _key_filter(tag: str | None, pattern: str | None) -> tuple[str, list[Any]]:
-    """A WHERE clause (of fixed fragments) and its parameters for --tag and --pattern."""
-    clauses, params = ["1"], []
-    if tag is not None:
-        clauses.append(TAGGED_KEYS)
-        params.append(tag)
-    if pattern is not None:
-        try:
-            prefix = literal_prefix(pattern)
-        except re.error as error:
-            raise CliError(f"invalid --pattern {pattern!r}: {error}", EXIT_USAGE) from None
-        upper = prefix_successor(prefix) if prefix else None
-        if upper is None:
-            clauses.append(PATTERN_ANYWHERE)
-            params.append(pattern)
-        else:
-            clauses.append(PATTERN_IN_RANGE)
-            params += [prefix, upper, pattern]
-    return " AND ".join(clauses), params
-
-
 def run_keys(args: argparse.Namespace) -> int:
-    where, params = _key_filter(args.tag, args.pattern)
-    with _read_only(_db_path(args)) as db:
-        total = db.execute(f"SELECT count(*) FROM cache_entries WHERE {where}", params).fetchone()[0]
-        rows = db.execute(
-            f"SELECT {ENTRY_COLUMNS} FROM cache_entries WHERE {where} ORDER BY key LIMIT ?", [*params, args.limit]
-        ).fetchall()
+    with _reading(args) as db:
+        if args.pattern is not None:
+            keys = sorted(key for key, _ in _matching_keys(db, args.tag, args.pattern))
+            total = len(keys)
+            rows = [row for key in keys[: args.limit] for row in db.records("listed_entry", key)]
+        elif args.tag is not None:
+            total = db.records("tagged_counts", time.time(), args.tag)[0]["matching"]
+            rows = db.records("tagged_first_entries", args.tag, args.limit)
+        else:
+            total = db.records("entry_count")[0]["entries"]
+            rows = db.records("first_entries", args.limit)
     entries = [_entry(row) for row in rows]
     _emit(args, {"total": total, "keys": entries}, _render_keys)
     return EXIT_OK
@@ -788,6 +763,17 @@ SQLITE_SQL = {
     "version": "SELECT user_version AS version FROM pragma_user_version",
     # The entry count and byte total.
     "counters": "SELECT entries, bytes FROM counters WHERE id = 1",
+    # Expired entries still on disk (a scan: the end-of-life index orders by the stale window's end).
+    "expired": "SELECT count(*) AS n FROM entries WHERE expires_at <= ?",
+    "never_expiring": "SELECT count(*) AS n FROM entries WHERE expires_at IS NULL",
+    # The next expiry after $now, and the latest write.
+    "next_expiry": "SELECT min(expires_at) AS n FROM entries WHERE expires_at > ?",
+    "last_write": "SELECT max(created_at) AS n FROM entries",
+    # Distinct tags, recorded reads, rows of the invalidation log, preload tasks.
+    "tag_count": "SELECT count(DISTINCT tag) AS n FROM tags",
+    "reads": "SELECT coalesce(sum(access_count), 0) AS n FROM access",
+    "log": "SELECT count(*) AS n FROM invalidations",
+    "task_count": "SELECT count(*) AS n FROM preload_tasks",
     # How many entries carry a tag, and how many of them are live at $now, by the tags primary key.
     "tagged_counts": """SELECT count(*) AS matching, coalesce(sum(expires_at IS NULL OR expires_at > ?), 0) AS live
                         FROM entries WHERE id IN (SELECT entry_id FROM tags WHERE tag = ?)""",
@@ -795,6 +781,19 @@ SQLITE_SQL = {
     "keys_in_range": "SELECT key, expires_at IS NULL OR expires_at > ? AS live FROM entries WHERE key >= ? AND key < ?",
     # Every key, whether live at $now (a pattern without a literal prefix).
     "all_keys": "SELECT key, expires_at IS NULL OR expires_at > ? AS live FROM entries",
+    # The keys carrying a tag, whether live at $now, by the tags primary key (tag, entry_id).
+    "tagged_keys": """SELECT e.key, e.expires_at IS NULL OR e.expires_at > ? AS live
+                      FROM tags AS t JOIN entries AS e ON e.id = t.entry_id WHERE t.tag = ?""",
+    # How many entries there are (the counters row, no scan).
+    "entry_count": "SELECT entries FROM counters WHERE id = 1",
+    # The first entries in key order, by the key index.
+    "first_entries": f"SELECT {ENTRY_COLUMNS} FROM cache_entries ORDER BY key LIMIT ?",
+    # The first entries carrying a tag, in key order.
+    "tagged_first_entries": f"""SELECT {ENTRY_COLUMNS} FROM cache_entries WHERE key IN (
+                                    SELECT e.key FROM tags AS t JOIN entries AS e ON e.id = t.entry_id WHERE t.tag = ?)
+                                ORDER BY key LIMIT ?""",
+    # One entry as `keys` lists it (without its value).
+    "listed_entry": f"SELECT {ENTRY_COLUMNS} FROM cache_entries WHERE key = ?",
 }
 POSTGRES_SQL = {
     "entry": f"""SELECT {ENTRY_COLUMNS}, value_json, (SELECT value FROM entries AS e WHERE e.key = c.key) AS value
@@ -805,10 +804,28 @@ POSTGRES_SQL = {
     "version": "SELECT max(version) AS version FROM sqlcache_schema",
     # The sum of the 16 counter slots (see migrations/postgresql/0001_initial.sql).
     "counters": "SELECT sum(entries)::bigint AS entries, sum(bytes)::bigint AS bytes FROM counters",
+    "expired": "SELECT count(*) AS n FROM entries WHERE expires_at <= $1",
+    "never_expiring": "SELECT count(*) AS n FROM entries WHERE expires_at IS NULL",
+    "next_expiry": "SELECT min(expires_at) AS n FROM entries WHERE expires_at > $1",
+    "last_write": "SELECT max(created_at) AS n FROM entries",
+    "tag_count": "SELECT count(DISTINCT tag) AS n FROM tags",
+    "reads": "SELECT coalesce(sum(access_count), 0)::bigint AS n FROM access",
+    "log": "SELECT count(*) AS n FROM invalidations",
+    "task_count": "SELECT count(*) AS n FROM preload_tasks",
+    # The size of the database on the server (its tables, indexes and dead tuples).
+    "disk_bytes": "SELECT pg_database_size(current_database()) AS n",
     "tagged_counts": """SELECT count(*) AS matching, coalesce(sum((expires_at IS NULL OR expires_at > $1)::int), 0) AS live
                         FROM entries WHERE id IN (SELECT entry_id FROM tags WHERE tag = $2)""",
     "keys_in_range": "SELECT key, expires_at IS NULL OR expires_at > $1 AS live FROM entries WHERE key >= $2 AND key < $3",
     "all_keys": "SELECT key, expires_at IS NULL OR expires_at > $1 AS live FROM entries",
+    "tagged_keys": """SELECT e.key, e.expires_at IS NULL OR e.expires_at > $1 AS live
+                      FROM tags AS t JOIN entries AS e ON e.id = t.entry_id WHERE t.tag = $2""",
+    "entry_count": "SELECT sum(entries)::bigint AS entries FROM counters",
+    "first_entries": f"SELECT {ENTRY_COLUMNS} FROM cache_entries ORDER BY key LIMIT $1",
+    "tagged_first_entries": f"""SELECT {ENTRY_COLUMNS} FROM cache_entries WHERE key IN (
+                                    SELECT e.key FROM tags AS t JOIN entries AS e ON e.id = t.entry_id WHERE t.tag = $1)
+                                ORDER BY key LIMIT $2""",
+    "listed_entry": f"SELECT {ENTRY_COLUMNS} FROM cache_entries WHERE key = $1",
 }
 
 
@@ -887,21 +904,33 @@ def run_invalidate(args: argparse.Namespace) -> int:
 
 
 def _matching(db: _SqliteReader | _PgReader, tag: str | None, pattern: str | None) -> tuple[int, int]:
-    """How many entries a tag or a pattern (`re.match`, as the manager's) removes, and how many
-    of them are live: a pattern's keys are read within its literal prefix's range, by the key index."""
-    now = time.time()
+    """How many entries a tag or a pattern removes, and how many of them are live."""
     if tag is not None:
-        counts = db.records("tagged_counts", now, tag)[0]
+        counts = db.records("tagged_counts", time.time(), tag)[0]
         return counts["matching"], counts["live"]
-    assert pattern is not None
+    found = [live for _, live in _matching_keys(db, None, pattern)]
+    return len(found), sum(bool(live) for live in found)
+
+
+def _matching_keys(db: _SqliteReader | _PgReader, tag: str | None, pattern: str | None) -> list[tuple[str, Any]]:
+    """The keys (and whether each is live) carrying `tag` and `re.match`-ing `pattern`, as the
+    manager's invalidation matches them: the tag's keys by the tag index, else a pattern's keys
+    within its literal prefix's key range by the key index; the regex is applied here, in Python."""
+    now = time.time()
     try:
-        prefix = literal_prefix(pattern)
-        upper = prefix_successor(prefix) if prefix else None
-        rows = db.records("all_keys", now) if upper is None else db.records("keys_in_range", now, prefix, upper)
-        found = [row["live"] for row in rows if _regexp(pattern, row["key"])]
+        if pattern is not None:
+            re.compile(pattern)
+        prefix = literal_prefix(pattern) if pattern is not None else ""
     except re.error as error:
         raise CliError(f"invalid --pattern {pattern!r}: {error}", EXIT_USAGE) from None
-    return len(found), sum(bool(live) for live in found)
+    upper = prefix_successor(prefix) if prefix else None
+    if tag is not None:
+        rows = db.records("tagged_keys", now, tag)
+    elif upper is not None:
+        rows = db.records("keys_in_range", now, prefix, upper)
+    else:
+        rows = db.records("all_keys", now)
+    return [(row["key"], row["live"]) for row in rows if pattern is None or _regexp(pattern, row["key"])]
 
 
 def _confirm(question: str) -> bool:

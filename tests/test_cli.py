@@ -739,3 +739,35 @@ async def test_invalidate_and_purge_on_postgresql_go_through_the_manager(pg_cach
     purged = as_json(sqlcache("--url", pg_cache, "purge", "--json"))
     assert (purged["purged"], purged["entries"]) == (1, 2)  # SOL expired; raw:frame and pickled:set remain
     assert purged["bytes"] == await pg_count(pg_cache, "SELECT sum(size) FROM entries")
+
+
+async def test_stats_and_keys_on_postgresql_show_what_sqlite_shows(pg_cache: str, cache: Path) -> None:
+    from pg_server import PASSWORD
+
+    on_pg = as_json(sqlcache("--url", pg_cache, "stats", "--json"))
+    on_sqlite = as_json(sqlcache("--dir", str(cache), "stats", "--json"))
+    assert on_pg.keys() == on_sqlite.keys()
+    same = ("entries", "live_entries", "expired_entries", "never_expiring", "bytes", "tags", "reads_recorded",
+            "invalidation_log_rows", "preload_tasks")
+    assert {name: on_pg[name] for name in same} == {name: on_sqlite[name] for name in same}
+    assert on_pg["file_bytes"] > 0 and PASSWORD not in on_pg["db_path"] and on_pg["db_path"].startswith("postgresql://")
+    text = sqlcache("--url", pg_cache, "stats")
+    assert "6 (5 live, 1 expired awaiting purge, 1 never expire)" in text.stdout and PASSWORD not in text.stdout
+    for query in (["--tag", "ETH"], ["--pattern", "market_data:B"], ["--tag", "market_data", "--pattern", ".*:1m$"],
+                  ["--pattern", "(?i)RAW"], ["--limit", "2"], []):
+        listed_pg = as_json(sqlcache("--url", pg_cache, "keys", *query, "--json"))
+        listed_sqlite = as_json(sqlcache("--dir", str(cache), "keys", *query, "--json"))
+        assert listed_pg["total"] == listed_sqlite["total"], query
+        columns = ("key", "tags", "size", "access_count", "codec", "expired")
+        assert [{c: e[c] for c in columns} for e in listed_pg["keys"]] == \
+               [{c: e[c] for c in columns} for e in listed_sqlite["keys"]], query
+    assert sqlcache("--url", pg_cache, "keys", "--limit", "2").stdout.splitlines()[-1] == "... and 4 more (raise --limit)"
+
+
+@pytest.mark.parametrize("command", ["check", "vacuum"])
+def test_check_and_vacuum_are_sqlite_only_for_now(pg_cache: str, command: str) -> None:
+    from pg_server import PASSWORD
+
+    refused = sqlcache("--url", pg_cache, command)
+    assert_clean_failure(refused, 2, f"`sqlcache {command}` is SQLite-only for now; it cannot use the PostgreSQL cache 127.0.0.1:")
+    assert PASSWORD not in refused.stderr and len(refused.stderr.splitlines()) == 1
