@@ -1,9 +1,12 @@
 """The `sqlcache` command (also `python -m sqlcache`): look inside a cache database from a shell.
 
-Reading commands open the file with the standard library's `sqlite3`, read-only. The commands
-that remove entries (`invalidate`, `purge`) go through `CacheManager`, so that the invalidation
-log tells every other process's memory tier about the change. Every statement here is
-parameterised; only the user's own `sql` text is run as given, on a read-only connection.
+Reading commands open the file with the standard library's `sqlite3`, read-only, or, with
+`--url postgresql://...`, run in one read-only PostgreSQL transaction (asyncpg); they run the
+statement of the same name from `SQLITE_SQL` or `POSTGRES_SQL`. The commands that remove entries
+(`invalidate`, `purge`) go through `CacheManager`, so that the invalidation log tells every other
+process's memory tier about the change. Every statement here is parameterised; only the user's own
+`sql` text is run as given, on a read-only connection or transaction. `check` and `vacuum` are
+SQLite-only for now.
 
 Exit codes (also in the README): 0 done; 1 the answer is no (`get` found no live entry,
 `check` found a problem, a confirmation was declined); 2 bad arguments (including text that is
@@ -114,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 done, 1 the answer is no (not found, check failed, declined), "
         "2 bad arguments (also text that is not UTF-8, an empty SQL statement, a demo --dir the demo "
         "did not create), 3 database missing or unusable (also unreadable or not writable), "
-        "4 SQLite refused or failed (also an invalid REGEXP pattern, a demo directory in use), "
+        "4 SQLite or PostgreSQL refused or failed (also an invalid REGEXP pattern, a demo directory in use), "
         "130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"sqlcache {__version__}")

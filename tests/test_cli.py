@@ -674,6 +674,11 @@ async def test_sql_on_postgresql_refuses_writes_as_on_sqlite(pg_cache: str, cach
 def test_sql_on_postgresql_failures_are_one_line(pg_cache: str, pg_url: str) -> None:
     assert_clean_failure(sqlcache("--url", pg_cache, "sql", "SELEC 1"), 4, "SQL failed: syntax error")
     assert_clean_failure(sqlcache("--url", pg_cache, "sql", "  -- nothing"), 2, "no SQL statement given")
+    # One statement only: a COMMIT cannot end the read-only transaction before a write.
+    assert_clean_failure(sqlcache("--url", pg_cache, "sql", "COMMIT; DELETE FROM entries"), 4,
+                         "SQL failed: cannot insert multiple commands into a prepared statement")
+    assert_clean_failure(sqlcache("--url", pg_url.rsplit("/", 1)[0] + "/postgres", "sql", "SELECT 1"), 3,
+                         "is not a sqlcache database")
 
 
 def test_an_unreachable_or_refusing_server_names_the_host_never_the_password(pg_url: str) -> None:
