@@ -776,3 +776,25 @@ def test_check_and_vacuum_are_sqlite_only_for_now(pg_cache: str, command: str) -
     refused = sqlcache("--url", pg_cache, command)
     assert_clean_failure(refused, 2, f"`sqlcache {command}` is SQLite-only for now; it cannot use the PostgreSQL cache 127.0.0.1:")
     assert PASSWORD not in refused.stderr and len(refused.stderr.splitlines()) == 1
+
+
+async def test_tasks_on_postgresql_have_sqlites_columns(pg_cache: str, cache: Path, tmp_path: Path) -> None:
+    def failing() -> None:
+        raise RuntimeError("exchange down")
+
+    listed = []
+    for config, where in (({"disk_cache_dir": cache}, ["--dir", str(cache)]),
+                          ({"disk_cache_url": pg_cache, "disk_cache_dir": tmp_path / "h"}, ["--url", pg_cache])):
+        async with ResourcePool(CacheManager(config)) as pool:
+            pool.register_preload_task("btc", lambda: {"price": 1}, 60, cache_key="market_data:BTC:price", tags=["BTC"])
+            pool.register_preload_task("eth", failing, 30)
+            assert await pool.run_preload_task_now("btc")
+            assert not await pool.run_preload_task_now("eth")
+        listed.append(as_json(sqlcache(*where, "tasks", "--json")))
+        table = sqlcache(*where, "tasks").stdout.splitlines()
+        assert table[0].split()[:3] == ["name", "enabled", "interval"] and "exchange down" in table[3]
+    on_sqlite, on_pg = listed
+    assert [list(task) for task in on_pg] == [list(task) for task in on_sqlite]
+    for pg_task, sqlite_task in zip(on_pg, on_sqlite):
+        for column in ("name", "enabled", "interval", "run_count", "error_count", "last_error", "cache_key", "tags"):
+            assert pg_task[column] == sqlite_task[column], column
