@@ -1,9 +1,12 @@
 """The `sqlcache` command (also `python -m sqlcache`): look inside a cache database from a shell.
 
-Reading commands open the file with the standard library's `sqlite3`, read-only. The commands
-that remove entries (`invalidate`, `purge`) go through `CacheManager`, so that the invalidation
-log tells every other process's memory tier about the change. Every statement here is
-parameterised; only the user's own `sql` text is run as given, on a read-only connection.
+Reading commands open the file with the standard library's `sqlite3`, read-only, or, with
+`--url postgresql://...`, run in one read-only PostgreSQL transaction (asyncpg); they run the
+statement of the same name from `SQLITE_SQL` or `POSTGRES_SQL`. The commands that remove entries
+(`invalidate`, `purge`) go through `CacheManager`, so that the invalidation log tells every other
+process's memory tier about the change. Every statement here is parameterised; only the user's own
+`sql` text is run as given, on a read-only connection or transaction. `check` and `vacuum` are
+SQLite-only for now.
 
 Exit codes (also in the README): 0 done; 1 the answer is no (`get` found no live entry,
 `check` found a problem, a confirmation was declined); 2 bad arguments (including text that is
@@ -19,6 +22,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import decimal
 import functools
 import json
 import math
@@ -35,6 +39,7 @@ from . import __version__
 from ._exceptions import CacheBusyError, CacheError, StorageError
 from ._sqlite import LATEST_SCHEMA, _regexp
 from ._store import literal_prefix, prefix_successor
+from ._urls import DatabaseURL, parse as parse_url
 
 EXIT_OK = 0
 EXIT_NO = 1
@@ -92,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
         "--dir", metavar="DIR", default=argparse.SUPPRESS,
         help=f"the cache directory (disk_cache_dir) holding {DB_NAME}; default ./{DEFAULT_DIR}",
     )
+    where.add_argument(
+        "--url", metavar="URL", default=argparse.SUPPRESS,
+        help="the disk_cache_url: postgresql://user:password@host:port/dbname (a PostgreSQL cache; "
+        "check and vacuum are SQLite-only for now) or sqlite:///path (the same as --db path)",
+    )
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument(
         "--json", action="store_true",
@@ -107,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 done, 1 the answer is no (not found, check failed, declined), "
         "2 bad arguments (also text that is not UTF-8, an empty SQL statement, a demo --dir the demo "
         "did not create), 3 database missing or unusable (also unreadable or not writable), "
-        "4 SQLite refused or failed (also an invalid REGEXP pattern, a demo directory in use), "
+        "4 SQLite or PostgreSQL refused or failed (also an invalid REGEXP pattern, a demo directory in use), "
         "130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"sqlcache {__version__}")
@@ -116,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, run: Callable[[argparse.Namespace], int], help: str, json_output: bool = True):
         parents = [location, as_json] if json_output else [location]
         sub = commands.add_parser(name, parents=parents, help=help, description=help)
-        sub.set_defaults(run=run)
+        sub.set_defaults(run=run, command=name)
         return sub
 
     command("stats", run_stats, "entries, bytes, expiries and tags of the database")
@@ -196,13 +206,40 @@ def _positive_float(text: str) -> float:
 # ---------------------------------------------------------------- opening the database
 
 
-def _db_path(args: argparse.Namespace) -> Path:
-    db, directory = getattr(args, "db", None), getattr(args, "dir", None)
+def _location(args: argparse.Namespace) -> Path | DatabaseURL:
+    """The database the arguments name: a SQLite file (from --db, --dir or a sqlite:/// --url) or
+    a PostgreSQL URL."""
+    db, directory, url = getattr(args, "db", None), getattr(args, "dir", None), getattr(args, "url", None)
     if db is not None and directory is not None:
         raise CliError("give --db PATH or --dir DIR, not both", EXIT_USAGE)
+    if url is not None and (db is not None or directory is not None):
+        raise CliError("give --url URL or --db/--dir, not both", EXIT_USAGE)
+    if url is not None:
+        try:
+            parsed = parse_url(url)
+        except ValueError as error:
+            raise CliError(f"bad --url: {error}", EXIT_USAGE) from None
+        return parsed.path if parsed.engine == "sqlite" and parsed.path is not None else parsed
     if db is not None:
         return Path(db)
     return Path(directory or DEFAULT_DIR) / DB_NAME
+
+
+def _postgres_url(args: argparse.Namespace) -> DatabaseURL | None:
+    """The PostgreSQL database of `--url postgresql://...`, or None for a SQLite file."""
+    location = _location(args)
+    return location if isinstance(location, DatabaseURL) else None
+
+
+def _db_path(args: argparse.Namespace) -> Path:
+    """The SQLite file of a command that only SQLite has (a PostgreSQL --url is a usage error)."""
+    location = _location(args)
+    if isinstance(location, DatabaseURL):
+        raise CliError(
+            f"`sqlcache {args.command}` is SQLite-only for now; it cannot use the PostgreSQL cache "
+            f"{location.where} (use psql)", EXIT_USAGE,
+        )
+    return location
 
 
 def _require_file(path: Path) -> None:
@@ -330,29 +367,32 @@ def _require_schema(connection: sqlite3.Connection, path: Path) -> None:
         raise CliError(f"{path} is not a sqlcache database (it has no sqlcache schema)", EXIT_DATABASE)
 
 
-def _has_table(connection: sqlite3.Connection, name: str) -> bool:
-    row = connection.execute("SELECT 1 FROM sqlite_master WHERE name = ? AND type IN ('table', 'view')", (name,))
-    return row.fetchone() is not None
+def _run_with_manager(location: Path | DatabaseURL, action: Callable[[Any], Any]) -> Any:
+    """Open the cache at `location` with a `CacheManager` and return `await action(manager)`.
 
-
-def _run_with_manager(path: Path, action: Callable[[Any], Any]) -> Any:
-    """Open `path` with a `CacheManager` and return `await action(manager)`.
-
-    Removals go through the manager so the invalidation log reaches other processes.
+    Removals go through the manager so the invalidation log reaches other processes (on every
+    host, for a PostgreSQL cache).
     """
-    with _read_only(path):  # a clear message for a missing or foreign file, before any write
-        pass
-    if path.name != DB_NAME:
-        raise CliError(
-            f"this command opens a cache directory's {DB_NAME}; {path} has another name, so pass "
-            f"--dir with the directory of a {DB_NAME}",
-            EXIT_USAGE,
-        )
-    _require_writable(path)
+    config: dict[str, Any] = {"check_on_open": False, "purge_interval": 0}
+    if isinstance(location, DatabaseURL):
+        with _pg_read_only(location):  # a clear message for a missing server or a foreign database
+            pass
+        config["disk_cache_url"] = location.url
+    else:
+        path = location
+        with _read_only(path):  # a clear message for a missing or foreign file, before any write
+            pass
+        if path.name != DB_NAME:
+            raise CliError(
+                f"this command opens a cache directory's {DB_NAME}; {path} has another name, so pass "
+                f"--dir with the directory of a {DB_NAME}",
+                EXIT_USAGE,
+            )
+        _require_writable(path)
+        config["disk_cache_dir"] = path.parent
     from ._manager import CacheManager
 
     async def run() -> Any:
-        config = {"disk_cache_dir": path.parent, "check_on_open": False, "purge_interval": 0}
         async with CacheManager(config) as manager:
             return await action(manager)
 
@@ -363,7 +403,148 @@ def _run_with_manager(path: Path, action: Callable[[Any], Any]) -> Any:
     except CacheError as error:
         raise CliError(str(error), EXIT_DATABASE) from None
     except OSError as error:  # e.g. the lock file in a directory that is not writable
-        raise CliError(f"cannot use the cache directory {path.parent}: {_os_error(error)}", EXIT_DATABASE) from None
+        raise CliError(f"cannot use the cache at {location}: {_os_error(error)}", EXIT_DATABASE) from None
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+# SQLSTATEs of a statement refused because the transaction is read-only: 25006 (a write, or a
+# function that writes, such as nextval), 25001 (SET TRANSACTION READ WRITE after the first query).
+READ_ONLY_REFUSALS = ("25006", "25001")
+
+# Makes the transaction's snapshot, so that the user's statement cannot switch it to read-write.
+PG_SNAPSHOT = "SELECT 1"
+# The schema version, which also tells a sqlcache database from any other.
+PG_SCHEMA_VERSION = "SELECT max(version) FROM sqlcache_schema"
+
+
+class _PgReader:
+    """A read-only transaction on a PostgreSQL cache, driven from this synchronous command.
+
+    Each call runs one statement to completion on the command's own event loop; keys and tags go
+    in and come out through the store's NUL escaping (`to_db`, `from_db`).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, connection: Any, url: DatabaseURL) -> None:
+        self._loop, self._connection, self.url = loop, connection, url
+
+    def fetch(self, statement: str, *params: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Column names and rows of `statement`; a refusal or failure as a `CliError` (exit 4)."""
+        from ._postgres import asyncpg
+
+        async def run() -> tuple[list[str], list[tuple[Any, ...]]]:
+            prepared = await self._connection.prepare(statement)
+            rows = await prepared.fetch(*params)
+            return [attribute.name for attribute in prepared.get_attributes()], [tuple(row) for row in rows]
+
+        try:
+            return self._loop.run_until_complete(run())
+        except asyncpg.PostgresError as error:
+            if error.sqlstate in READ_ONLY_REFUSALS:
+                raise CliError(_refusal(_scrubbed(error, self.url)), EXIT_SQL) from None
+            raise CliError(f"SQL failed: {_scrubbed(error, self.url)}", EXIT_SQL) from None
+        except (OSError, asyncio.TimeoutError, asyncpg.InterfaceError) as error:
+            raise CliError(f"lost the PostgreSQL cache {self.url.where}: {_scrubbed(error, self.url)}",
+                           EXIT_DATABASE) from None
+
+    @property
+    def name(self) -> str:
+        """The database as messages name it: the server, never the password."""
+        return f"the PostgreSQL cache {self.url.where}"
+
+    @property
+    def shown(self) -> str:
+        """The database as `stats` shows it: its URL without the password."""
+        return self.url.redacted
+
+    def disk_bytes(self) -> int:
+        """The size of the database on the server."""
+        return self.records("disk_bytes")[0]["n"]
+
+    def records(self, name: str, *params: Any) -> list[dict[str, Any]]:
+        """The rows of the statement `name` of `POSTGRES_SQL` as dicts, keys and tags unescaped."""
+        from ._postgres import from_db, to_db
+
+        columns, rows = self.fetch(POSTGRES_SQL[name], *(to_db(p) if isinstance(p, str) else p for p in params))
+        return [
+            {name: from_db(value) if name in ("key", "tag") and isinstance(value, str) else value
+             for name, value in zip(columns, row)}
+            for row in rows
+        ]
+
+
+def _scrubbed(error: BaseException, url: DatabaseURL) -> str:
+    """The reason of a driver's error, with the URL redacted and its password hidden."""
+    from ._postgres import _scrub
+
+    return _scrub(str(error) or type(error).__name__, url.url)
+
+
+@contextlib.contextmanager
+def _pg_read_only(url: DatabaseURL) -> Iterator[_PgReader]:
+    """A read-only transaction on the PostgreSQL cache at `url`, rolled back on exit, or a
+    `CliError` naming the server (never the password) and saying why not (exit 3)."""
+    from ._postgres import asyncpg
+
+    if asyncpg is None:  # pragma: no cover - the extra is not installed
+        raise CliError("--url postgresql://... needs asyncpg: pip install 'sqlcache[postgresql]'", EXIT_DATABASE)
+    loop = asyncio.new_event_loop()
+    try:
+        try:
+            connection = loop.run_until_complete(asyncpg.connect(
+                url.url, timeout=BUSY_TIMEOUT, command_timeout=60.0,
+                server_settings={"application_name": "sqlcache-cli"},
+            ))
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            reason = _scrubbed(error, url)
+            raise CliError(f"cannot connect to the PostgreSQL cache {url.where}: {reason}", EXIT_DATABASE) from None
+        try:
+            loop.run_until_complete(connection.transaction(readonly=True).start())
+            reader = _PgReader(loop, connection, url)
+            reader.fetch(PG_SNAPSHOT)
+            try:
+                reader.fetch(PG_SCHEMA_VERSION)
+            except CliError:
+                raise CliError(f"the PostgreSQL database {url.where} is not a sqlcache database "
+                               "(it has no sqlcache schema)", EXIT_DATABASE) from None
+            yield reader
+        finally:
+            with contextlib.suppress(Exception):  # closing ends (rolls back) the transaction
+                loop.run_until_complete(connection.close(timeout=BUSY_TIMEOUT))
+    finally:
+        loop.close()
+
+
+class _SqliteReader:
+    """The statements of `SQLITE_SQL` on a read-only connection (see `_reading`)."""
+
+    def __init__(self, connection: _Connection, path: Path) -> None:
+        self.connection, self.name = connection, str(path)
+
+    def records(self, name: str, *params: Any) -> list[dict[str, Any]]:
+        return [dict(row) for row in self.connection.execute(SQLITE_SQL[name], params)]
+
+    @property
+    def shown(self) -> str:
+        """The database as `stats` shows it: the file's path."""
+        return self.name
+
+    def disk_bytes(self) -> int:
+        """The bytes of the database file and its write-ahead log."""
+        return sum(_file_size(Path(f"{self.name}{suffix}")) for suffix in ("", "-wal"))
+
+
+@contextlib.contextmanager
+def _reading(args: argparse.Namespace) -> Iterator[_SqliteReader | _PgReader]:
+    """A read-only view of the database the arguments name, on either engine: its `records(name,
+    *params)` runs the statement of that name from `SQLITE_SQL` or `POSTGRES_SQL`."""
+    location = _location(args)
+    if isinstance(location, DatabaseURL):
+        with _pg_read_only(location) as reader:
+            yield reader
+    else:
+        with _read_only(location) as connection:
+            yield _SqliteReader(connection, location)
 
 
 def _os_error(error: OSError) -> str:
@@ -464,50 +645,35 @@ def _duration(seconds: float) -> str:
 
 # ---------------------------------------------------------------- stats
 
-STATS_SQL = {
-    "counters": "SELECT entries, bytes FROM counters WHERE id = 1",
-    # Expired entries still on disk (a scan: the end-of-life index orders by the stale window's end).
-    "expired": "SELECT count(*) FROM entries WHERE expires_at <= ?",
-    "never_expiring": "SELECT count(*) FROM entries WHERE expires_at IS NULL",
-    "next_expiry": "SELECT min(expires_at) FROM entries WHERE expires_at > ?",
-    "last_write": "SELECT max(created_at) FROM entries",
-    "tags": "SELECT count(DISTINCT tag) FROM tags",
-    "reads": "SELECT coalesce(sum(access_count), 0) FROM access",
-    "log": "SELECT count(*) FROM invalidations",
-    "tasks": "SELECT count(*) FROM preload_tasks",
-}
-
-
 def run_stats(args: argparse.Namespace) -> int:
-    path = _db_path(args)
-    with _read_only(path) as db:
-        _emit(args, _stats(db, path), _render_stats)
+    with _reading(args) as db:
+        _emit(args, _stats(db), _render_stats)
     return EXIT_OK
 
 
-def _stats(db: sqlite3.Connection, path: Path) -> dict[str, Any]:
+def _stats(db: _SqliteReader | _PgReader) -> dict[str, Any]:
     now = time.time()
 
     def scalar(name: str, *params: Any) -> Any:
-        return db.execute(STATS_SQL[name], params).fetchone()[0]
+        return db.records(name, *params)[0]["n"]
 
-    entries, total = db.execute(STATS_SQL["counters"]).fetchone()
-    expired = scalar("expired", now)
+    counters = db.records("counters")[0]
+    entries, expired = counters["entries"], scalar("expired", now)
     return {
-        "db_path": str(path),
-        "file_bytes": sum(_file_size(Path(f"{path}{suffix}")) for suffix in ("", "-wal")),
-        "schema_version": db.execute("PRAGMA user_version").fetchone()[0],
+        "db_path": db.shown,
+        "file_bytes": db.disk_bytes(),
+        "schema_version": db.records("version")[0]["version"],
         "entries": entries,
         "live_entries": entries - expired,
         "expired_entries": expired,
         "never_expiring": scalar("never_expiring"),
-        "bytes": total,
-        "tags": scalar("tags"),
+        "bytes": counters["bytes"],
+        "tags": scalar("tag_count"),
         "reads_recorded": scalar("reads"),
         "next_expiry": _iso(scalar("next_expiry", now)),
         "last_write": _iso(scalar("last_write")),
         "invalidation_log_rows": scalar("log"),
-        "preload_tasks": scalar("tasks") if _has_table(db, "preload_tasks") else None,
+        "preload_tasks": scalar("task_count") if db.records("has_tasks") else None,
     }
 
 
@@ -545,47 +711,24 @@ def _render_stats(stats: Mapping[str, Any]) -> str:
 
 ENTRY_COLUMNS = "key, tags, size, created_at, expires_at, accessed_at, access_count, codec, expired"
 
-# The keys carrying a tag, by the tags primary key (tag, entry_id).
-TAGGED_KEYS = "key IN (SELECT e.key FROM tags AS t JOIN entries AS e ON e.id = t.entry_id WHERE t.tag = ?)"
-# Keys matching a regex within the key range of its literal prefix, by the key index.
-PATTERN_IN_RANGE = "key >= ? AND key < ? AND key REGEXP ?"
-PATTERN_ANYWHERE = "key REGEXP ?"
-
-
-def _key_filter(tag: str | None, pattern: str | None) -> tuple[str, list[Any]]:
-    """A WHERE clause (of fixed fragments) and its parameters for --tag and --pattern."""
-    clauses, params = ["1"], []
-    if tag is not None:
-        clauses.append(TAGGED_KEYS)
-        params.append(tag)
-    if pattern is not None:
-        try:
-            prefix = literal_prefix(pattern)
-        except re.error as error:
-            raise CliError(f"invalid --pattern {pattern!r}: {error}", EXIT_USAGE) from None
-        upper = prefix_successor(prefix) if prefix else None
-        if upper is None:
-            clauses.append(PATTERN_ANYWHERE)
-            params.append(pattern)
-        else:
-            clauses.append(PATTERN_IN_RANGE)
-            params += [prefix, upper, pattern]
-    return " AND ".join(clauses), params
-
-
 def run_keys(args: argparse.Namespace) -> int:
-    where, params = _key_filter(args.tag, args.pattern)
-    with _read_only(_db_path(args)) as db:
-        total = db.execute(f"SELECT count(*) FROM cache_entries WHERE {where}", params).fetchone()[0]
-        rows = db.execute(
-            f"SELECT {ENTRY_COLUMNS} FROM cache_entries WHERE {where} ORDER BY key LIMIT ?", [*params, args.limit]
-        ).fetchall()
+    with _reading(args) as db:
+        if args.pattern is not None:
+            keys = sorted(key for key, _ in _matching_keys(db, args.tag, args.pattern))
+            total = len(keys)
+            rows = [row for key in keys[: args.limit] for row in db.records("listed_entry", key)]
+        elif args.tag is not None:
+            total = db.records("tagged_counts", time.time(), args.tag)[0]["matching"]
+            rows = db.records("tagged_first_entries", args.tag, args.limit)
+        else:
+            total = db.records("entry_count")[0]["entries"]
+            rows = db.records("first_entries", args.limit)
     entries = [_entry(row) for row in rows]
     _emit(args, {"total": total, "keys": entries}, _render_keys)
     return EXIT_OK
 
 
-def _entry(row: sqlite3.Row) -> dict[str, Any]:
+def _entry(row: Mapping[str, Any]) -> dict[str, Any]:
     entry = dict(row)
     entry["tags"] = json.loads(entry["tags"])
     entry["expired"] = bool(entry["expired"])
@@ -605,20 +748,99 @@ def _render_keys(data: Mapping[str, Any]) -> str:
     return text + (f"\n... and {hidden} more (raise --limit)" if hidden > 0 else "")
 
 
-# ---------------------------------------------------------------- get
+# ---------------------------------------------------------------- the statements of each engine
 
-GET_ENTRY = f"""
-SELECT {ENTRY_COLUMNS}, value_json, (SELECT value FROM entries AS e WHERE e.key = c.key) AS value
-FROM cache_entries AS c WHERE key = ?
-"""
+# The statements of the commands that read on either engine, by name; the PostgreSQL statement of
+# a name returns the same columns as the SQLite one, with $1, $2 for SQLite's ? (`_reading`).
+SQLITE_SQL = {
+    # One entry with its value (never decoded: a pickle is never loaded here).
+    "entry": f"""SELECT {ENTRY_COLUMNS}, value_json, (SELECT value FROM entries AS e WHERE e.key = c.key) AS value
+                 FROM cache_entries AS c WHERE key = ?""",
+    # Tags with their entry counts and bytes, biggest first.
+    "tags": "SELECT tag, entries, bytes FROM cache_tags ORDER BY bytes DESC, tag",
+    # The preloader's tasks, every column of the view.
+    "tasks": "SELECT * FROM preload_tasks ORDER BY name",
+    # Whether the preloader's view exists (a database last opened by a sqlcache without it has none).
+    "has_tasks": "SELECT 1 AS found FROM sqlite_master WHERE name = 'preload_tasks' AND type IN ('table', 'view')",
+    # The schema version.
+    "version": "SELECT user_version AS version FROM pragma_user_version",
+    # The entry count and byte total.
+    "counters": "SELECT entries, bytes FROM counters WHERE id = 1",
+    # Expired entries still on disk (a scan: the end-of-life index orders by the stale window's end).
+    "expired": "SELECT count(*) AS n FROM entries WHERE expires_at <= ?",
+    "never_expiring": "SELECT count(*) AS n FROM entries WHERE expires_at IS NULL",
+    # The next expiry after $now, and the latest write.
+    "next_expiry": "SELECT min(expires_at) AS n FROM entries WHERE expires_at > ?",
+    "last_write": "SELECT max(created_at) AS n FROM entries",
+    # Distinct tags, recorded reads, rows of the invalidation log, preload tasks.
+    "tag_count": "SELECT count(DISTINCT tag) AS n FROM tags",
+    "reads": "SELECT coalesce(sum(access_count), 0) AS n FROM access",
+    "log": "SELECT count(*) AS n FROM invalidations",
+    "task_count": "SELECT count(*) AS n FROM preload_tasks",
+    # How many entries carry a tag, and how many of them are live at $now, by the tags primary key.
+    "tagged_counts": """SELECT count(*) AS matching, coalesce(sum(expires_at IS NULL OR expires_at > ?), 0) AS live
+                        FROM entries WHERE id IN (SELECT entry_id FROM tags WHERE tag = ?)""",
+    # The keys within a literal prefix's key range (by the key index), whether live at $now.
+    "keys_in_range": "SELECT key, expires_at IS NULL OR expires_at > ? AS live FROM entries WHERE key >= ? AND key < ?",
+    # Every key, whether live at $now (a pattern without a literal prefix).
+    "all_keys": "SELECT key, expires_at IS NULL OR expires_at > ? AS live FROM entries",
+    # The keys carrying a tag, whether live at $now, by the tags primary key (tag, entry_id).
+    "tagged_keys": """SELECT e.key, e.expires_at IS NULL OR e.expires_at > ? AS live
+                      FROM tags AS t JOIN entries AS e ON e.id = t.entry_id WHERE t.tag = ?""",
+    # How many entries there are (the counters row, no scan).
+    "entry_count": "SELECT entries FROM counters WHERE id = 1",
+    # The first entries in key order, by the key index.
+    "first_entries": f"SELECT {ENTRY_COLUMNS} FROM cache_entries ORDER BY key LIMIT ?",
+    # The first entries carrying a tag, in key order.
+    "tagged_first_entries": f"""SELECT {ENTRY_COLUMNS} FROM cache_entries WHERE key IN (
+                                    SELECT e.key FROM tags AS t JOIN entries AS e ON e.id = t.entry_id WHERE t.tag = ?)
+                                ORDER BY key LIMIT ?""",
+    # One entry as `keys` lists it (without its value).
+    "listed_entry": f"SELECT {ENTRY_COLUMNS} FROM cache_entries WHERE key = ?",
+}
+POSTGRES_SQL = {
+    "entry": f"""SELECT {ENTRY_COLUMNS}, value_json, (SELECT value FROM entries AS e WHERE e.key = c.key) AS value
+                 FROM cache_entries AS c WHERE key = $1""",
+    "tags": "SELECT tag, entries, bytes FROM cache_tags ORDER BY bytes DESC, tag",
+    "tasks": "SELECT * FROM preload_tasks ORDER BY name",
+    "has_tasks": "SELECT 1 AS found WHERE to_regclass('preload_tasks') IS NOT NULL",
+    "version": "SELECT max(version) AS version FROM sqlcache_schema",
+    # The sum of the 16 counter slots (see migrations/postgresql/0001_initial.sql).
+    "counters": "SELECT sum(entries)::bigint AS entries, sum(bytes)::bigint AS bytes FROM counters",
+    "expired": "SELECT count(*) AS n FROM entries WHERE expires_at <= $1",
+    "never_expiring": "SELECT count(*) AS n FROM entries WHERE expires_at IS NULL",
+    "next_expiry": "SELECT min(expires_at) AS n FROM entries WHERE expires_at > $1",
+    "last_write": "SELECT max(created_at) AS n FROM entries",
+    "tag_count": "SELECT count(DISTINCT tag) AS n FROM tags",
+    "reads": "SELECT coalesce(sum(access_count), 0)::bigint AS n FROM access",
+    "log": "SELECT count(*) AS n FROM invalidations",
+    "task_count": "SELECT count(*) AS n FROM preload_tasks",
+    # The size of the database on the server (its tables, indexes and dead tuples).
+    "disk_bytes": "SELECT pg_database_size(current_database()) AS n",
+    "tagged_counts": """SELECT count(*) AS matching, coalesce(sum((expires_at IS NULL OR expires_at > $1)::int), 0) AS live
+                        FROM entries WHERE id IN (SELECT entry_id FROM tags WHERE tag = $2)""",
+    "keys_in_range": "SELECT key, expires_at IS NULL OR expires_at > $1 AS live FROM entries WHERE key >= $2 AND key < $3",
+    "all_keys": "SELECT key, expires_at IS NULL OR expires_at > $1 AS live FROM entries",
+    "tagged_keys": """SELECT e.key, e.expires_at IS NULL OR e.expires_at > $1 AS live
+                      FROM tags AS t JOIN entries AS e ON e.id = t.entry_id WHERE t.tag = $2""",
+    "entry_count": "SELECT sum(entries)::bigint AS entries FROM counters",
+    "first_entries": f"SELECT {ENTRY_COLUMNS} FROM cache_entries ORDER BY key LIMIT $1",
+    "tagged_first_entries": f"""SELECT {ENTRY_COLUMNS} FROM cache_entries WHERE key IN (
+                                    SELECT e.key FROM tags AS t JOIN entries AS e ON e.id = t.entry_id WHERE t.tag = $1)
+                                ORDER BY key LIMIT $2""",
+    "listed_entry": f"SELECT {ENTRY_COLUMNS} FROM cache_entries WHERE key = $1",
+}
+
+
+# ---------------------------------------------------------------- get
 
 
 def run_get(args: argparse.Namespace) -> int:
-    with _read_only(_db_path(args)) as db:
-        row = db.execute(GET_ENTRY, (args.key,)).fetchone()
-    if row is None:
+    with _reading(args) as db:
+        found = db.records("entry", args.key)
+    if not found:
         raise CliError(f"no entry for key {args.key!r}", EXIT_NO)
-    entry = _entry(row)
+    entry = _entry(found[0])
     raw, value_json = entry.pop("value"), entry.pop("value_json")
     entry["value"] = json.loads(value_json) if value_json is not None else None
     if entry["codec"] == "bytes":
@@ -653,12 +875,10 @@ def _render_entry(entry: Mapping[str, Any], value_json: str | None, raw: bytes) 
 
 # ---------------------------------------------------------------- tags
 
-TAGS = "SELECT tag, entries, bytes FROM cache_tags ORDER BY bytes DESC, tag"
-
 
 def run_tags(args: argparse.Namespace) -> int:
-    with _read_only(_db_path(args)) as db:
-        rows = [dict(row) for row in db.execute(TAGS)]
+    with _reading(args) as db:
+        rows = db.records("tags")
     _emit(args, rows, lambda r: _table(r, ["tag", "entries", "bytes"]))
     return EXIT_OK
 
@@ -667,26 +887,53 @@ def run_tags(args: argparse.Namespace) -> int:
 
 
 def run_invalidate(args: argparse.Namespace) -> int:
-    path = _db_path(args)
-    where, params = _key_filter(args.tag, args.pattern)
-    with _read_only(path) as db:
-        matching, live = db.execute(
-            f"SELECT count(*), coalesce(sum(expires_at IS NULL OR expires_at > ?), 0) FROM entries WHERE {where}",
-            [time.time(), *params],
-        ).fetchone()
+    location = _location(args)
+    with _reading(args) as db:
+        matching, live = _matching(db, args.tag, args.pattern)
+        name = db.name
     what = f"tagged {args.tag!r}" if args.tag is not None else f"matching {args.pattern!r}"
-    question = f"Remove {_count(matching, 'entry', 'entries')} {what} ({live} live) from {path}?"
+    question = f"Remove {_count(matching, 'entry', 'entries')} {what} ({live} live) from {name}?"
     if matching and not args.yes and not _confirm(question):
         raise CliError("nothing removed (answer y, or pass --yes)", EXIT_NO)
     if not matching:
         removed = 0
     elif args.tag is not None:
-        removed = _run_with_manager(path, lambda manager: manager.invalidate_by_tag(args.tag))
+        removed = _run_with_manager(location, lambda manager: manager.invalidate_by_tag(args.tag))
     else:
-        removed = _run_with_manager(path, lambda manager: manager.invalidate_by_pattern(args.pattern))
+        removed = _run_with_manager(location, lambda manager: manager.invalidate_by_pattern(args.pattern))
     result = {"removed": removed, "tag": args.tag, "pattern": args.pattern}
     _emit(args, result, lambda r: f"removed {_count(r['removed'], 'live entry', 'live entries')} {what}")
     return EXIT_OK
+
+
+def _matching(db: _SqliteReader | _PgReader, tag: str | None, pattern: str | None) -> tuple[int, int]:
+    """How many entries a tag or a pattern removes, and how many of them are live."""
+    if tag is not None:
+        counts = db.records("tagged_counts", time.time(), tag)[0]
+        return counts["matching"], counts["live"]
+    found = [live for _, live in _matching_keys(db, None, pattern)]
+    return len(found), sum(bool(live) for live in found)
+
+
+def _matching_keys(db: _SqliteReader | _PgReader, tag: str | None, pattern: str | None) -> list[tuple[str, Any]]:
+    """The keys (and whether each is live) carrying `tag` and `re.match`-ing `pattern`, as the
+    manager's invalidation matches them: the tag's keys by the tag index, else a pattern's keys
+    within its literal prefix's key range by the key index; the regex is applied here, in Python."""
+    now = time.time()
+    try:
+        if pattern is not None:
+            re.compile(pattern)
+        prefix = literal_prefix(pattern) if pattern is not None else ""
+    except re.error as error:
+        raise CliError(f"invalid --pattern {pattern!r}: {error}", EXIT_USAGE) from None
+    upper = prefix_successor(prefix) if prefix else None
+    if tag is not None:
+        rows = db.records("tagged_keys", now, tag)
+    elif upper is not None:
+        rows = db.records("keys_in_range", now, prefix, upper)
+    else:
+        rows = db.records("all_keys", now)
+    return [(row["key"], row["live"]) for row in rows if pattern is None or _regexp(pattern, row["key"])]
 
 
 def _confirm(question: str) -> bool:
@@ -696,11 +943,10 @@ def _confirm(question: str) -> bool:
 
 
 def run_purge(args: argparse.Namespace) -> int:
-    path = _db_path(args)
-    purged = _run_with_manager(path, lambda manager: manager.purge_expired())
-    with _read_only(path) as db:
-        entries, total = db.execute(STATS_SQL["counters"]).fetchone()
-    result = {"purged": purged, "entries": entries, "bytes": total}
+    purged = _run_with_manager(_location(args), lambda manager: manager.purge_expired())
+    with _reading(args) as db:
+        counters = db.records("counters")[0]
+    result = {"purged": purged, "entries": counters["entries"], "bytes": counters["bytes"]}
     _emit(args, result, lambda r: f"purged {_count(r['purged'], 'expired entry', 'expired entries')}; "
                                   f"{_count(r['entries'], 'entry', 'entries')} ({_bytes(r['bytes'])}) remain")
     return EXIT_OK
@@ -728,7 +974,6 @@ def run_vacuum(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- tasks
 
-TASKS = "SELECT * FROM preload_tasks ORDER BY name"
 
 # Columns of the `preload_tasks` view shown on screen (--json gives every column).
 TASK_COLUMNS = {
@@ -738,20 +983,19 @@ TASK_COLUMNS = {
 
 
 def run_tasks(args: argparse.Namespace) -> int:
-    path = _db_path(args)
-    with _read_only(path) as db:
-        if _has_table(db, "preload_tasks"):
-            rows = [_task(row) for row in db.execute(TASKS)]
+    with _reading(args) as db:
+        if db.records("has_tasks"):
+            rows = [_task(row) for row in db.records("tasks")]
         else:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            print(f"sqlcache: {path} has no preload_tasks table (schema version {version}): it was last opened "
+            version = db.records("version")[0]["version"]
+            print(f"sqlcache: {db.name} has no preload_tasks table (schema version {version}): it was last opened "
                   "by a sqlcache without the preloader, so it holds no preload tasks", file=sys.stderr)
             rows = []
     _emit(args, rows, _render_tasks)
     return EXIT_OK
 
 
-def _task(row: sqlite3.Row) -> dict[str, Any]:
+def _task(row: Mapping[str, Any]) -> dict[str, Any]:
     """A `preload_tasks` row with its truth value as a boolean and its tags as a list."""
     task = dict(row)
     task["enabled"] = bool(task["enabled"])
@@ -837,13 +1081,19 @@ def _render_check(data: Mapping[str, Any]) -> str:
 def run_sql(args: argparse.Namespace) -> int:
     if not _has_statement(args.statement):
         raise CliError("no SQL statement given (the SQL argument is empty or only comments)", EXIT_USAGE)
-    with _read_only(_db_path(args)) as db:
-        try:
-            cursor = db.execute(args.statement)
-            rows = cursor.fetchall()
-        except (sqlite3.DatabaseError, sqlite3.ProgrammingError, sqlite3.Warning) as error:
-            raise CliError(db.regexp_error or _sql_failure(error), EXIT_SQL) from None
-        columns = _unique([column[0] for column in cursor.description or ()])
+    url = _postgres_url(args)
+    if url is not None:
+        with _pg_read_only(url) as reader:
+            names, rows = reader.fetch(args.statement)
+        columns = _unique(names)
+    else:
+        with _read_only(_db_path(args)) as db:
+            try:
+                cursor = db.execute(args.statement)
+                rows = cursor.fetchall()
+            except (sqlite3.DatabaseError, sqlite3.ProgrammingError, sqlite3.Warning) as error:
+                raise CliError(db.regexp_error or _sql_failure(error), EXIT_SQL) from None
+            columns = _unique([column[0] for column in cursor.description or ()])
     records = [dict(zip(columns, (_json_cell(value) for value in row))) for row in rows]
     _emit(args, records, lambda r: _table(r, columns) if columns else "(no result columns)")
     return EXIT_OK
@@ -872,13 +1122,26 @@ def _has_statement(text: str) -> bool:
 def _sql_failure(error: Exception) -> str:
     name = getattr(error, "sqlite_errorname", "")
     if name in ("SQLITE_READONLY", "SQLITE_AUTH"):
-        return (f"refused: `sqlcache sql` opens the database read-only, so statements that write are not "
-                f"allowed ({error}); nothing was changed. Use invalidate, purge or vacuum to change the cache.")
+        return _refusal(str(error))
     return f"SQL failed: {error}"
 
 
+def _refusal(reason: str) -> str:
+    """The message of a writing statement refused by `sql`, on either engine."""
+    return (f"refused: `sqlcache sql` opens the database read-only, so statements that write are not "
+            f"allowed ({reason}); nothing was changed. Use invalidate, purge or vacuum to change the cache.")
+
+
 def _json_cell(value: Any) -> Any:
-    return f"<blob, {len(value)} bytes>" if isinstance(value, bytes) else value
+    """A cell as JSON can hold it: a blob by its size; PostgreSQL's other types (numeric,
+    timestamps, arrays, ...) as numbers or as their text."""
+    if isinstance(value, (bytes, memoryview)):
+        return f"<blob, {len(value)} bytes>"
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value.is_finite() and value == value.to_integral_value() else float(value)
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    return str(value)
 
 
 def _unique(names: Sequence[str]) -> list[str]:

@@ -5,12 +5,14 @@ The README's debugging queries are run here too, so the manual cannot drift from
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
 import json
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -71,9 +73,11 @@ def data_digests(directory: Path) -> dict[str, str]:
             if not name.endswith(("-shm", ".lock")) and (directory / name).stat().st_size > 0}
 
 
-async def fill(directory: Path) -> None:
-    """A cache as agents leave it: market data, an order book, raw bytes, a pickle, an expired entry."""
-    async with CacheManager({"disk_cache_dir": directory, "allow_pickle": True}) as cache:
+async def fill(directory: Path, url: str | None = None) -> None:
+    """A cache as agents leave it: market data, an order book, raw bytes, a pickle, an expired entry
+    (in `directory`, or with its disk tier at `url`)."""
+    where = {"disk_cache_dir": directory, **({"disk_cache_url": url} if url else {})}
+    async with CacheManager({**where, "allow_pickle": True}) as cache:
         await cache.set("market_data:BTC:1m", {"symbol": "BTC", "candles": CANDLES}, 30, tags=["market_data", "BTC", "1m"])
         await cache.set("market_data:ETH:1m", {"symbol": "ETH", "candles": CANDLES[:2]}, 3600,
                         tags=["market_data", "ETH", "1m"])
@@ -83,7 +87,7 @@ async def fill(directory: Path) -> None:
         for _ in range(3):
             await cache.get("market_data:BTC:1m")
     an_hour_ago = time.time() - 3600
-    async with CacheManager({"disk_cache_dir": directory}, clock=lambda: an_hour_ago) as old:
+    async with CacheManager(where, clock=lambda: an_hour_ago) as old:
         await old.set("market_data:SOL:1m", {"symbol": "SOL", "candles": CANDLES}, 60, tags=["market_data", "SOL"])
 
 
@@ -613,3 +617,184 @@ async def test_check_compares_tags_holding_nul_exactly(cache_dir: Path) -> None:
         connection.execute("DELETE FROM tags WHERE tag = ?", ("grp\x00A",))  # only the cut "grp" is left
     report = strict_json(sqlcache("--dir", str(cache_dir), "check", "--json").stdout)
     assert [check["check"] for check in report["checks"] if not check["ok"]] == ["tag index has every entry tag"]
+
+
+# ---------------------------------------------------------------- --url: a PostgreSQL cache
+
+
+@pytest.fixture
+async def pg_cache(pg_url: str, tmp_path: Path) -> str:
+    """The URL (with its password) of a PostgreSQL cache filled as `cache` is."""
+    await fill(tmp_path / "host", pg_url)
+    return pg_url
+
+
+async def pg_count(url: str, sql: str) -> int:
+    import asyncpg
+
+    connection = await asyncpg.connect(url)
+    try:
+        return await connection.fetchval(sql)
+    finally:
+        await connection.close()
+
+
+def test_sql_on_postgresql_reads_as_on_sqlite(pg_cache: str) -> None:
+    result = as_json(sqlcache("--url", pg_cache, "sql",
+                              "SELECT key, value_json::json->>'symbol' AS symbol FROM cache_entries "
+                              "WHERE key ~ '^market_data:(BTC|ETH)' ORDER BY key", "--json"))
+    assert result == [{"key": "market_data:BTC:1m", "symbol": "BTC"}, {"key": "market_data:ETH:1m", "symbol": "ETH"}]
+    text = sqlcache("sql", "SELECT count(*) AS n, sum(size) AS total FROM cache_entries", "--url", pg_cache)
+    lines = [line.split() for line in text.stdout.splitlines()]
+    assert lines[0] == ["n", "total"] and lines[2][0] == "6"
+    cells = as_json(sqlcache("--url", pg_cache, "sql", "SELECT sum(size) AS total, now() AS at, '\\x00ff'::bytea AS b, "
+                                                      "1 AS key, 2 AS key FROM entries", "--json"))[0]
+    assert isinstance(cells["total"], int) and isinstance(cells["at"], str)
+    assert (cells["b"], cells["key"], cells["key:2"]) == ("<blob, 2 bytes>", 1, 2)
+
+
+@pytest.mark.parametrize("statement", [
+    "DELETE FROM entries", "INSERT INTO tags VALUES ('x', 1)", "UPDATE counters SET bytes = 0",
+    "CREATE TABLE t (x int)", "DROP VIEW cache_tags", "SET TRANSACTION READ WRITE",
+    "SELECT nextval(pg_get_serial_sequence('entries', 'id'))",
+])
+async def test_sql_on_postgresql_refuses_writes_as_on_sqlite(pg_cache: str, cache: Path, statement: str) -> None:
+    before = await pg_count(pg_cache, "SELECT count(*) FROM entries")
+    refused = sqlcache("--url", pg_cache, "sql", statement)
+    assert_clean_failure(refused, 4, "refused: `sqlcache sql` opens the database read-only, so statements that "
+                                     "write are not allowed")
+    assert "nothing was changed" in refused.stderr
+    on_sqlite = sqlcache("--dir", str(cache), "sql", "DELETE FROM entries")
+    assert refused.stderr.split("(")[0] == on_sqlite.stderr.split("(")[0]  # the same message, the same code
+    assert on_sqlite.returncode == refused.returncode
+    assert await pg_count(pg_cache, "SELECT count(*) FROM entries") == before == 6
+    assert await pg_count(pg_cache, "SELECT count(*) FROM pg_class WHERE relname = 't'") == 0
+
+
+def test_sql_on_postgresql_failures_are_one_line(pg_cache: str, pg_url: str) -> None:
+    assert_clean_failure(sqlcache("--url", pg_cache, "sql", "SELEC 1"), 4, "SQL failed: syntax error")
+    assert_clean_failure(sqlcache("--url", pg_cache, "sql", "  -- nothing"), 2, "no SQL statement given")
+    # One statement only: a COMMIT cannot end the read-only transaction before a write.
+    assert_clean_failure(sqlcache("--url", pg_cache, "sql", "COMMIT; DELETE FROM entries"), 4,
+                         "SQL failed: cannot insert multiple commands into a prepared statement")
+    assert_clean_failure(sqlcache("--url", pg_url.rsplit("/", 1)[0] + "/postgres", "sql", "SELECT 1"), 3,
+                         "is not a sqlcache database")
+
+
+def test_an_unreachable_or_refusing_server_names_the_host_never_the_password(pg_url: str) -> None:
+    from pg_server import PASSWORD
+
+    wrong = pg_url.replace(PASSWORD, "Wr0ng-Secret-99")
+    refused = sqlcache("--url", wrong, "sql", "SELECT 1")
+    assert_clean_failure(refused, 3, "cannot connect to the PostgreSQL cache 127.0.0.1:")
+    assert "Wr0ng-Secret-99" not in refused.stderr + refused.stdout and len(refused.stderr.splitlines()) == 1
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    nowhere = f"postgresql://sqlcache:{PASSWORD}@127.0.0.1:{port}/cache"
+    for command in (["sql", "SELECT 1"], ["get", "k"], ["tags"], ["tasks"], ["purge"], ["invalidate", "--tag", "x", "--yes"]):
+        down = sqlcache("--url", nowhere, *command)
+        assert_clean_failure(down, 3, f"cannot connect to the PostgreSQL cache 127.0.0.1:{port}/cache")
+        assert PASSWORD not in down.stderr + down.stdout
+
+
+def test_a_sqlite_url_is_the_same_as_db(cache: Path) -> None:
+    db = cache / "sqlcache.db"
+    for command in (["stats", "--json"], ["keys", "--json"], ["tags", "--json"], ["sql", "SELECT key FROM entries", "--json"]):
+        by_url = sqlcache("--url", f"sqlite:///{db}", *command)
+        by_db = sqlcache("--db", str(db), *command)
+        assert by_url.returncode == 0 and by_url.stdout.replace("sqlite:///", "") == by_db.stdout
+    assert_clean_failure(sqlcache("--url", "mysql://u:pw@h/d", "stats"), 2, "bad --url")
+    assert_clean_failure(sqlcache("--url", f"sqlite:///{db}", "--db", str(db), "stats"), 2, "not both")
+
+
+async def test_get_tags_and_tasks_on_postgresql_print_what_sqlite_prints(pg_cache: str, cache: Path) -> None:
+    for command in (["get", "market_data:BTC:1m"], ["get", "raw:frame"], ["get", "pickled:set"], ["tags"], ["tasks"]):
+        on_pg = as_json(sqlcache("--url", pg_cache, *command, "--json"))
+        on_sqlite = as_json(sqlcache("--dir", str(cache), *command, "--json"))
+        if command[0] == "get":  # written at other instants
+            for entry in (on_pg, on_sqlite):
+                del entry["created_at"], entry["expires_at"], entry["accessed_at"]
+        assert on_pg == on_sqlite, command
+    text = sqlcache("--url", pg_cache, "get", "pickled:set")
+    assert text.returncode == 0 and "<pickle, " in text.stdout
+    assert_clean_failure(sqlcache("--url", pg_cache, "get", "nope"), 1, "no entry for key 'nope'")
+    expired = sqlcache("--url", pg_cache, "get", "market_data:SOL:1m")
+    assert expired.returncode == 1 and "expired at" in expired.stderr
+
+
+async def test_invalidate_and_purge_on_postgresql_go_through_the_manager(pg_cache: str, tmp_path: Path) -> None:
+    async with CacheManager({"disk_cache_url": pg_cache, "disk_cache_dir": tmp_path / "other", "sync_interval": 0.05}) as other:
+        assert await other.get("order_book:ETH:depth_20") is not None  # now in its memory tier
+        declined = sqlcache("--url", pg_cache, "invalidate", "--tag", "order_book")
+        assert declined.returncode == 1
+        assert "Remove 1 entry tagged 'order_book' (1 live) from the PostgreSQL cache 127.0.0.1:" in declined.stderr
+        from pg_server import PASSWORD
+        assert PASSWORD not in declined.stderr
+        removed = as_json(sqlcache("--url", pg_cache, "invalidate", "--tag", "order_book", "--yes", "--json"))
+        assert removed["removed"] == 1
+        for _ in range(100):  # the other host hears of it through the invalidation log
+            if await other.get("order_book:ETH:depth_20") is None:
+                break
+            await asyncio.sleep(0.05)
+        assert await other.get("order_book:ETH:depth_20") is None
+    by_pattern = as_json(sqlcache("--url", pg_cache, "invalidate", "--pattern", r"market_data:(BTC|ETH)", "--yes", "--json"))
+    assert by_pattern["removed"] == 2
+    assert_clean_failure(sqlcache("--url", pg_cache, "invalidate", "--pattern", "(", "--yes"), 2, "invalid --pattern")
+    purged = as_json(sqlcache("--url", pg_cache, "purge", "--json"))
+    assert (purged["purged"], purged["entries"]) == (1, 2)  # SOL expired; raw:frame and pickled:set remain
+    assert purged["bytes"] == await pg_count(pg_cache, "SELECT sum(size) FROM entries")
+
+
+async def test_stats_and_keys_on_postgresql_show_what_sqlite_shows(pg_cache: str, cache: Path) -> None:
+    from pg_server import PASSWORD
+
+    on_pg = as_json(sqlcache("--url", pg_cache, "stats", "--json"))
+    on_sqlite = as_json(sqlcache("--dir", str(cache), "stats", "--json"))
+    assert on_pg.keys() == on_sqlite.keys()
+    same = ("entries", "live_entries", "expired_entries", "never_expiring", "bytes", "tags", "reads_recorded",
+            "invalidation_log_rows", "preload_tasks")
+    assert {name: on_pg[name] for name in same} == {name: on_sqlite[name] for name in same}
+    assert on_pg["file_bytes"] > 0 and PASSWORD not in on_pg["db_path"] and on_pg["db_path"].startswith("postgresql://")
+    text = sqlcache("--url", pg_cache, "stats")
+    assert "6 (5 live, 1 expired awaiting purge, 1 never expire)" in text.stdout and PASSWORD not in text.stdout
+    for query in (["--tag", "ETH"], ["--pattern", "market_data:B"], ["--tag", "market_data", "--pattern", ".*:1m$"],
+                  ["--pattern", "(?i)RAW"], ["--limit", "2"], []):
+        listed_pg = as_json(sqlcache("--url", pg_cache, "keys", *query, "--json"))
+        listed_sqlite = as_json(sqlcache("--dir", str(cache), "keys", *query, "--json"))
+        assert listed_pg["total"] == listed_sqlite["total"], query
+        columns = ("key", "tags", "size", "access_count", "codec", "expired")
+        assert [{c: e[c] for c in columns} for e in listed_pg["keys"]] == \
+               [{c: e[c] for c in columns} for e in listed_sqlite["keys"]], query
+    assert sqlcache("--url", pg_cache, "keys", "--limit", "2").stdout.splitlines()[-1] == "... and 4 more (raise --limit)"
+
+
+@pytest.mark.parametrize("command", ["check", "vacuum"])
+def test_check_and_vacuum_are_sqlite_only_for_now(pg_cache: str, command: str) -> None:
+    from pg_server import PASSWORD
+
+    refused = sqlcache("--url", pg_cache, command)
+    assert_clean_failure(refused, 2, f"`sqlcache {command}` is SQLite-only for now; it cannot use the PostgreSQL cache 127.0.0.1:")
+    assert PASSWORD not in refused.stderr and len(refused.stderr.splitlines()) == 1
+
+
+async def test_tasks_on_postgresql_have_sqlites_columns(pg_cache: str, cache: Path, tmp_path: Path) -> None:
+    def failing() -> None:
+        raise RuntimeError("exchange down")
+
+    listed = []
+    for config, where in (({"disk_cache_dir": cache}, ["--dir", str(cache)]),
+                          ({"disk_cache_url": pg_cache, "disk_cache_dir": tmp_path / "h"}, ["--url", pg_cache])):
+        async with ResourcePool(CacheManager(config)) as pool:
+            pool.register_preload_task("btc", lambda: {"price": 1}, 60, cache_key="market_data:BTC:price", tags=["BTC"])
+            pool.register_preload_task("eth", failing, 30)
+            assert await pool.run_preload_task_now("btc")
+            assert not await pool.run_preload_task_now("eth")
+        listed.append(as_json(sqlcache(*where, "tasks", "--json")))
+        table = sqlcache(*where, "tasks").stdout.splitlines()
+        assert table[0].split()[:3] == ["name", "enabled", "interval"] and "exchange down" in table[3]
+    on_sqlite, on_pg = listed
+    assert [list(task) for task in on_pg] == [list(task) for task in on_sqlite]
+    for pg_task, sqlite_task in zip(on_pg, on_sqlite):
+        for column in ("name", "enabled", "interval", "run_count", "error_count", "last_error", "cache_key", "tags"):
+            assert pg_task[column] == sqlite_task[column], column
