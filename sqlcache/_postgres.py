@@ -464,17 +464,10 @@ class PostgresStore:
 
     async def _close_connections(self) -> None:
         session, self._session = self._session, None
-        if session is not None:
-            try:
-                await asyncio.wait_for(session.close(), timeout=2.0)
-            except Exception:
-                session.terminate()
         pool, self._pool = self._pool, None
-        if pool is not None:
-            try:
-                await asyncio.wait_for(pool.close(), timeout=2.0)
-            except Exception:
-                pool.terminate()
+        for closable in (session, pool):
+            if closable is not None:
+                await _close_or_terminate(closable)
 
     # ------------------------------------------------------------ the session: reads and coherence
 
@@ -809,3 +802,16 @@ def _scrub(message: str, url: str) -> str:
     for password in passwords(url):
         message = message.replace(password, "***")
     return message
+
+
+CLOSE_GRACE = 2.0
+"""Seconds a connection or pool gets to close politely before it is terminated: a server that
+went away never answers the goodbye, and closing must not hang on it."""
+
+
+async def _close_or_terminate(closable: Any) -> None:
+    """Close an asyncpg connection or pool, or terminate it if that fails or takes too long."""
+    try:
+        await asyncio.wait_for(closable.close(), timeout=CLOSE_GRACE)
+    except Exception:
+        closable.terminate()
