@@ -5,10 +5,15 @@ so the medians and p99s are of single calls, timer overhead included (about 0.1 
 for every peer). Throughput is the number of operations over the wall time of the whole run.
 
 A heartbeat task wakes every millisecond while a measurement runs and records how late it
-woke: that lateness is how long something held the event loop. On a shared machine the OS
-also preempts the process now and then; a beat during which the loop's thread was switched
-out involuntarily (`ru_nivcsw` of `RUSAGE_THREAD` moved) is counted apart, so `stall_ms` is
-what the code under test held the loop for and `preempted_stall_ms` the longest of the rest.
+woke. On a shared machine part of that lateness is the OS's: the loop's thread was ready but
+waited for a CPU (preempted, or woken late while every core ran something else). Linux counts
+that wait per thread (`/proc/thread-self/schedstat`, second field), so a beat's stall is
+
+    held = lateness - time the thread waited for a CPU during the beat,
+
+what the code under test held the loop for (running, or blocked in a call); `stall_ms` is the
+longest `held`, and `preempted_stall_ms` the longest raw lateness of a beat that did wait for
+a CPU (shown in brackets). Where the platform cannot say, nothing is subtracted.
 
 Before each timed part the heap is collected and frozen (`gc.freeze`): the keys and values the
 harness prepared are then never rescanned, so a garbage collection inside the timed part costs
@@ -28,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import resource
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -37,7 +42,10 @@ from typing import Awaitable, Callable, Sequence
 YIELD_EVERY = 16
 HEARTBEAT_S = 0.001
 STALL_LIMIT_MS = 5.0
-_RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", None)  # Linux
+SCHEDSTAT = "/proc/thread-self/schedstat"
+"""Linux: this thread's time on a CPU, time waiting for one (ns), timeslices."""
+WAITED_FOR_CPU_MS = 0.1
+"""A beat whose thread waited longer than this for a CPU was delayed by the OS (bracketed figure)."""
 
 Operation = Callable[[int], Awaitable[object]]
 """`await op(i)` performs the i-th operation of a run."""
@@ -55,7 +63,7 @@ class Stats:
     concurrency: int = 1
     preempted_stall_ms: float = 0.0
     beats_over_limit: int = 0
-    """Heartbeats (not preempted) later than `STALL_LIMIT_MS`."""
+    """Heartbeats whose loop was held (lateness less the wait for a CPU) longer than `STALL_LIMIT_MS`."""
     beats: int = 0
     mixed: bool = False
     """The operations differ (a read/write mix): their median says little, wall time per op says it."""
@@ -93,16 +101,29 @@ def summarise(
     )
 
 
-def _involuntary_switches() -> int:
-    """Times the OS has preempted this thread (0 where the platform cannot say)."""
-    if _RUSAGE_THREAD is None:
-        return 0
-    return resource.getrusage(_RUSAGE_THREAD).ru_nivcsw
+class _CpuWait:
+    """Nanoseconds the thread that made it has waited for a CPU so far (0 where unknown)."""
+
+    def __init__(self) -> None:
+        try:
+            self._fd: int | None = os.open(SCHEDSTAT, os.O_RDONLY)
+        except OSError:
+            self._fd = None
+
+    def __call__(self) -> int:
+        if self._fd is None:
+            return 0
+        return int(os.pread(self._fd, 128, 0).split()[1])
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class StallMonitor:
-    """Async context manager: the longest time the loop was held while it was open, apart from
-    beats during which the OS preempted the thread (`longest_preempted_ms`)."""
+    """Async context manager: the longest time the loop was held while it was open, the OS's
+    share of each beat's lateness taken out (see the module docstring)."""
 
     def __init__(self, period: float = HEARTBEAT_S):
         self.period = period
@@ -111,7 +132,8 @@ class StallMonitor:
         self.over_limit = 0
         self.beats = 0
         self._task: asyncio.Task[None] | None = None
-        self._pending: tuple[int, int] | None = None  # (start, switches) of the beat asleep now
+        self._cpu_wait: _CpuWait | None = None
+        self._pending: tuple[int, int] | None = None  # (start, CPU wait so far) of the beat asleep now
 
     def merge(self, other: "StallMonitor") -> None:
         self.longest_ms = max(self.longest_ms, other.longest_ms)
@@ -120,12 +142,13 @@ class StallMonitor:
         self.beats += other.beats
 
     async def __aenter__(self) -> "StallMonitor":
+        self._cpu_wait = _CpuWait()  # opened on the loop's thread, so it reads that thread's wait
         self._task = asyncio.get_running_loop().create_task(self._beat())
         await asyncio.sleep(0)  # let the heartbeat start before the work does
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        assert self._task is not None
+        assert self._task is not None and self._cpu_wait is not None
         if self._pending is not None:  # a beat still asleep: the work may have held the loop until now
             self._record(*self._pending)
         self._task.cancel()
@@ -133,20 +156,24 @@ class StallMonitor:
             await self._task
         except asyncio.CancelledError:
             pass
+        self._cpu_wait.close()
 
-    def _record(self, start: int, switches: int) -> None:
+    def _record(self, start: int, waited_before: int) -> None:
         """Count one beat that began sleeping at `start` (perf_counter_ns) and woke up now."""
+        assert self._cpu_wait is not None
         late_ms = (time.perf_counter_ns() - start - self.period * 1e9) / 1e6
+        waited_ms = (self._cpu_wait() - waited_before) / 1e6
+        held_ms = late_ms - waited_ms
         self.beats += 1
-        if _involuntary_switches() != switches:
+        if waited_ms > WAITED_FOR_CPU_MS:
             self.longest_preempted_ms = max(self.longest_preempted_ms, late_ms)
-            return
-        self.longest_ms = max(self.longest_ms, late_ms)
-        self.over_limit += late_ms > STALL_LIMIT_MS
+        self.longest_ms = max(self.longest_ms, held_ms)
+        self.over_limit += held_ms > STALL_LIMIT_MS
 
     async def _beat(self) -> None:
+        assert self._cpu_wait is not None
         while True:
-            self._pending = (time.perf_counter_ns(), _involuntary_switches())
+            self._pending = (time.perf_counter_ns(), self._cpu_wait())
             await asyncio.sleep(self.period)
             self._record(*self._pending)
             self._pending = None

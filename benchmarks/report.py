@@ -128,9 +128,10 @@ def stall_table(rows: Sequence[Row], workloads: Sequence[Workload]) -> list[str]
     """The longest stall sqlcache caused in each workload, beside the worst peer's."""
     lines = [
         "### Event-loop blocking (`event_loop_stall`)", "",
-        "Longest lateness of a 1 ms heartbeat task during each workload's timed operations "
-        f"(target: sqlcache never above {STALL_LIMIT_MS:g} ms). Beats during which the OS preempted the "
-        "loop's thread (other load on the machine) are left out here and shown in brackets in the tables.", "",
+        "Longest lateness of a 1 ms heartbeat task during each workload's timed operations, less the time "
+        f"the loop's thread waited for a CPU in that beat (target: sqlcache never above {STALL_LIMIT_MS:g} ms). "
+        "The raw lateness of beats that waited for a CPU (other load on the machine) is in brackets in the "
+        "tables.", "",
         "| workload | sqlcache: longest | sqlcache: beats over the limit | worst peer: longest |",
         "| --- | ---: | ---: | --- |",
     ]
