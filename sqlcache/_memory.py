@@ -174,9 +174,8 @@ class MemoryTier:
         """Remove those of `keys` whose entry was written before log position `before`;
         return those that held a live entry."""
         live = set()
-        cache = self._cache
         for key in list(keys):
-            entry = cache.get(key)
+            entry = self.peek(key)  # not a use: no LRU/LFU bookkeeping for an entry about to go
             if entry is not None and entry.seq < before:
                 self.discard(key)
                 if entry.expires_at > now:
