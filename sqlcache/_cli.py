@@ -393,7 +393,8 @@ PG_SCHEMA_VERSION = "SELECT max(version) FROM sqlcache_schema"
 
 
 class _PgReader:
-    """A read-only transaction on a PostgreSQL cache, driven from this synchronous command.
+    """A connection to a PostgreSQL cache, driven from this synchronous command: a read-only
+    transaction (`_pg_read_only`) for every command that reads, a plain session for `vacuum`.
 
     Each call runs one statement to completion on the command's own event loop; keys and tags go
     in and come out through the store's NUL escaping (`to_db`, `from_db`).
