@@ -280,16 +280,18 @@ async def test_another_host_drops_each_kind_of_change_within_the_bound(pg_url, t
 
 async def test_sets_that_returned_survive_kill_9_of_two_writers_on_the_same_keys(pg_url, tmp_path):
     writers = [start("write", {"disk_cache_url": pg_url, "disk_cache_dir": str(tmp_path / host)}) for host in "ab"]
-    for writer in writers:  # both run meanwhile, upserting the same keys from two backends
-        while (await next_line(writer))["i"] < 300:
-            pass
     acknowledged = []
-    for writer in writers:
+    for writer in writers:  # both run meanwhile, upserting the same keys from two backends
+        done = -1
+        while done < 300:
+            done = (await next_line(writer))["i"]
+        acknowledged.append(done)
+    for n, writer in enumerate(writers):
         writer.send_signal(signal.SIGKILL)
         writer.wait()
         # Every set it reported before the kill, the lines not read yet included (a line cut by the kill is no report).
-        unread = writer.stdout.read()
-        acknowledged.append(max(json.loads(line)["i"] for line in unread.splitlines(keepends=True) if line.endswith("\n")))
+        unread = [json.loads(line)["i"] for line in writer.stdout.read().splitlines(keepends=True) if line.endswith("\n")]
+        acknowledged[n] = max([acknowledged[n], *unread])
     async with CacheManager({"disk_cache_url": pg_url}) as cache:
         for i in range(max(acknowledged) + 1):
             assert await cache.get(f"k{i}") == {"i": i, "pad": "x" * 200}
