@@ -4,9 +4,10 @@ Reading commands open the file with the standard library's `sqlite3`, read-only,
 `--url postgresql://...`, run in one read-only PostgreSQL transaction (asyncpg); they run the
 statement of the same name from `SQLITE_SQL` or `POSTGRES_SQL`. The commands that remove entries
 (`invalidate`, `purge`) go through `CacheManager`, so that the invalidation log tells every other
-process's memory tier about the change. Every statement here is parameterised; only the user's own
-`sql` text is run as given, on a read-only connection or transaction. `check` and `vacuum` are
-SQLite-only for now.
+process's memory tier about the change. `check` runs the same invariants on either engine, each
+the statement of one name in both tables (`INVARIANTS`), and `vacuum` runs VACUUM on either.
+Every statement here is parameterised; only the user's own `sql` text is run as given, on a
+read-only connection or transaction.
 
 Exit codes (also in the README): 0 done; 1 the answer is no (`get` found no live entry,
 `check` found a problem, a confirmation was declined); 2 bad arguments (including text that is
@@ -24,8 +25,10 @@ import base64
 import contextlib
 import decimal
 import functools
+import itertools
 import json
 import math
+import operator
 import os
 import re
 import sqlite3
@@ -33,7 +36,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from . import __version__
 from ._exceptions import CacheBusyError, CacheError, StorageError
@@ -53,6 +56,9 @@ PATH_ARGUMENTS = ("db", "dir")  # file names may hold any bytes; every other tex
 DB_NAME = "sqlcache.db"
 MAX_CELL = 80  # characters of a table cell on screen; --json gives the whole value
 BUSY_TIMEOUT = 5.0
+READ_TIMEOUT = 60.0  # seconds a reading statement on PostgreSQL may take (vacuum has no limit)
+STREAM_ROWS = 1000  # rows per fetch when a command reads a whole table from PostgreSQL (`_PgReader.stream`)
+T = TypeVar("T")
 
 
 class CliError(Exception):
@@ -99,8 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     where.add_argument(
         "--url", metavar="URL", default=argparse.SUPPRESS,
-        help="the disk_cache_url: postgresql://user:password@host:port/dbname (a PostgreSQL cache; "
-        "check and vacuum are SQLite-only for now) or sqlite:///path (the same as --db path)",
+        help="the disk_cache_url: postgresql://user:password@host:port/dbname (a PostgreSQL cache) "
+        "or sqlite:///path (the same as --db path)",
     )
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument(
@@ -225,23 +231,6 @@ def _location(args: argparse.Namespace) -> Path | DatabaseURL:
     return Path(directory or DEFAULT_DIR) / DB_NAME
 
 
-def _postgres_url(args: argparse.Namespace) -> DatabaseURL | None:
-    """The PostgreSQL database of `--url postgresql://...`, or None for a SQLite file."""
-    location = _location(args)
-    return location if isinstance(location, DatabaseURL) else None
-
-
-def _db_path(args: argparse.Namespace) -> Path:
-    """The SQLite file of a command that only SQLite has (a PostgreSQL --url is a usage error)."""
-    location = _location(args)
-    if isinstance(location, DatabaseURL):
-        raise CliError(
-            f"`sqlcache {args.command}` is SQLite-only for now; it cannot use the PostgreSQL cache "
-            f"{location.where} (use psql)", EXIT_USAGE,
-        )
-    return location
-
-
 def _require_file(path: Path) -> None:
     if path.is_dir():
         raise CliError(f"{path} is a directory; pass it as --dir {path}", EXIT_USAGE)
@@ -279,7 +268,7 @@ def _authorize(action: int, name: str | None, argument: str | None, *_: object) 
 
 
 class _Connection(sqlite3.Connection):
-    """A connection of this command: REGEXP and the tag comparison of `check` as SQL functions.
+    """A connection of this command, with REGEXP as an SQL function.
 
     SQLite reports an exception raised in a function only as "user-defined function raised
     exception", so REGEXP keeps the reason here for the message.
@@ -299,20 +288,6 @@ class _Connection(sqlite3.Connection):
         except re.error as error:
             self.regexp_error = f"invalid regex {pattern!r} in REGEXP: {error}"
             raise
-
-
-@functools.lru_cache(maxsize=1024)
-def _tag_set(tags_json: str) -> frozenset[str]:
-    return frozenset(json.loads(tags_json))
-
-
-def _has_tag(tags_json: str, tag: str) -> bool:
-    """`sqlcache_has_tag(entries.tags, tag)`: whether the JSON array holds `tag`, compared whole.
-
-    SQLite's json_each cuts a string at an escaped NUL ("grp\\u0000A" becomes "grp"), so it
-    cannot compare tags; Python's json can.
-    """
-    return tag in _tag_set(tags_json)
 
 
 def _require_readable(path: Path) -> None:
@@ -347,7 +322,6 @@ def _read_only(path: Path) -> Iterator[_Connection]:
         connection.execute("PRAGMA query_only = ON")
         connection.set_authorizer(_authorize)
         connection.create_function("regexp", 2, connection.regexp, deterministic=True)
-        connection.create_function("sqlcache_has_tag", 2, _has_tag, deterministic=True)
         _require_schema(connection, path)
         connection.row_factory = sqlite3.Row
         yield connection
@@ -419,7 +393,8 @@ PG_SCHEMA_VERSION = "SELECT max(version) FROM sqlcache_schema"
 
 
 class _PgReader:
-    """A read-only transaction on a PostgreSQL cache, driven from this synchronous command.
+    """A connection to a PostgreSQL cache, driven from this synchronous command: a read-only
+    transaction (`_pg_read_only`) for every command that reads, a plain session for `vacuum`.
 
     Each call runs one statement to completion on the command's own event loop; keys and tags go
     in and come out through the store's NUL escaping (`to_db`, `from_db`).
@@ -430,15 +405,46 @@ class _PgReader:
 
     def fetch(self, statement: str, *params: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Column names and rows of `statement`; a refusal or failure as a `CliError` (exit 4)."""
-        from ._postgres import asyncpg
 
         async def run() -> tuple[list[str], list[tuple[Any, ...]]]:
             prepared = await self._connection.prepare(statement)
             rows = await prepared.fetch(*params)
-            return [attribute.name for attribute in prepared.get_attributes()], [tuple(row) for row in rows]
+            return _column_names(prepared), [tuple(row) for row in rows]
+
+        return self._run(run)
+
+    def begin_read_only(self) -> None:
+        """Start the read-only transaction, with its snapshot taken, so that a statement of the
+        user's cannot switch it to read-write."""
+        self._run(lambda: self._connection.transaction(readonly=True).start())
+        self.fetch(PG_SNAPSHOT)
+
+    def maintain(self, statements: Sequence[str]) -> None:
+        """Run each statement alone, outside any transaction (as VACUUM must be). A WARNING the
+        server sends meanwhile, such as VACUUM skipping a table the role does not own, fails the
+        command as an error would: nothing would have been done."""
+        warnings: list[str] = []
+
+        def listen(connection: Any, message: Any) -> None:
+            if getattr(message, "severity_en", None) == "WARNING":
+                warnings.append(message.message)
+
+        self._connection.add_log_listener(listen)
+        try:
+            for statement in statements:
+                self._run(lambda: self._connection.execute(statement))
+                if warnings:
+                    raise CliError(f"SQL failed: {_scrub_text(warnings[0], self.url)}", EXIT_SQL)
+        finally:
+            self._connection.remove_log_listener(listen)
+
+    def _run(self, work: Callable[[], Awaitable[T]]) -> T:
+        """`await work()` on the command's loop; the driver's errors as `CliError`s: a refusal or
+        failure of a statement exit 4, a lost server exit 3."""
+        from ._postgres import asyncpg
 
         try:
-            return self._loop.run_until_complete(run())
+            return self._loop.run_until_complete(work())
         except asyncpg.PostgresError as error:
             if error.sqlstate in READ_ONLY_REFUSALS:
                 raise CliError(_refusal(_scrubbed(error, self.url)), EXIT_SQL) from None
@@ -463,27 +469,74 @@ class _PgReader:
 
     def records(self, name: str, *params: Any) -> list[dict[str, Any]]:
         """The rows of the statement `name` of `POSTGRES_SQL` as dicts, keys and tags unescaped."""
-        from ._postgres import from_db, to_db
+        columns, rows = self.fetch(POSTGRES_SQL[name], *_escaped_params(params))
+        return [_unescaped(columns, row) for row in rows]
 
-        columns, rows = self.fetch(POSTGRES_SQL[name], *(to_db(p) if isinstance(p, str) else p for p in params))
-        return [
-            {name: from_db(value) if name in ("key", "tag") and isinstance(value, str) else value
-             for name, value in zip(columns, row)}
-            for row in rows
-        ]
+    def stream(self, name: str, *params: Any) -> Iterator[dict[str, Any]]:
+        """The rows of `records(name, *params)`, read `STREAM_ROWS` at a time on a cursor of the
+        transaction, so that `check` reads every entry without holding them all."""
+
+        async def open_cursor() -> tuple[list[str], Any]:
+            prepared = await self._connection.prepare(POSTGRES_SQL[name])
+            return _column_names(prepared), await prepared.cursor(*_escaped_params(params))
+
+        columns, cursor = self._run(open_cursor)
+        while rows := self._run(lambda: cursor.fetch(STREAM_ROWS)):
+            yield from (_unescaped(columns, row) for row in rows)
+
+    @property
+    def latest_schema(self) -> int:
+        """The newest PostgreSQL schema version this sqlcache knows."""
+        from ._postgres import LATEST_SCHEMA
+
+        return LATEST_SCHEMA
+
+    def engine_check(self) -> dict[str, Any]:
+        """PostgreSQL's part of `check`, in place of SQLite's integrity_check (the server keeps its
+        own storage sound): the relations and triggers of the schema's version are there."""
+        version = self.records("version")[0]["version"] or 0
+        missing = [row["name"] for row in self.records(
+            "missing_relations", list(PG_RELATIONS), list(PG_RELATIONS.values()), version)]
+        missing += [f"trigger {row['name']}" for row in self.records("missing_triggers", list(PG_TRIGGERS))]
+        detail = f"missing or disabled: {', '.join(missing)}" if missing else "ok"
+        return {"check": "PostgreSQL schema objects present", "ok": not missing, "detail": detail}
+
+
+def _column_names(prepared: Any) -> list[str]:
+    return [attribute.name for attribute in prepared.get_attributes()]
+
+
+def _escaped_params(params: Sequence[Any]) -> list[Any]:
+    """Parameters as the store writes them: text through `to_db` (NUL escaped)."""
+    from ._postgres import to_db
+
+    return [to_db(param) if isinstance(param, str) else param for param in params]
+
+
+def _unescaped(columns: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
+    """A row as a dict, its keys and tags back through `from_db`."""
+    from ._postgres import from_db
+
+    return {name: from_db(value) if name in ("key", "tag") and isinstance(value, str) else value
+            for name, value in zip(columns, row)}
 
 
 def _scrubbed(error: BaseException, url: DatabaseURL) -> str:
     """The reason of a driver's error, with the URL redacted and its password hidden."""
+    return _scrub_text(str(error) or type(error).__name__, url)
+
+
+def _scrub_text(message: str, url: DatabaseURL) -> str:
+    """A server's message with the URL redacted and its password hidden."""
     from ._postgres import _scrub
 
-    return _scrub(str(error) or type(error).__name__, url.url)
+    return _scrub(message, url.url)
 
 
 @contextlib.contextmanager
-def _pg_read_only(url: DatabaseURL) -> Iterator[_PgReader]:
-    """A read-only transaction on the PostgreSQL cache at `url`, rolled back on exit, or a
-    `CliError` naming the server (never the password) and saying why not (exit 3)."""
+def _pg_session(url: DatabaseURL, command_timeout: float | None = READ_TIMEOUT) -> Iterator[_PgReader]:
+    """A connection to the PostgreSQL server at `url` (closed on exit), or a `CliError` naming the
+    server (never the password) and saying why not (exit 3)."""
     from ._postgres import asyncpg
 
     if asyncpg is None:  # pragma: no cover - the extra is not installed
@@ -492,27 +545,33 @@ def _pg_read_only(url: DatabaseURL) -> Iterator[_PgReader]:
     try:
         try:
             connection = loop.run_until_complete(asyncpg.connect(
-                url.url, timeout=BUSY_TIMEOUT, command_timeout=60.0,
+                url.url, timeout=BUSY_TIMEOUT, command_timeout=command_timeout,
                 server_settings={"application_name": "sqlcache-cli"},
             ))
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             reason = _scrubbed(error, url)
             raise CliError(f"cannot connect to the PostgreSQL cache {url.where}: {reason}", EXIT_DATABASE) from None
         try:
-            loop.run_until_complete(connection.transaction(readonly=True).start())
-            reader = _PgReader(loop, connection, url)
-            reader.fetch(PG_SNAPSHOT)
-            try:
-                reader.fetch(PG_SCHEMA_VERSION)
-            except CliError:
-                raise CliError(f"the PostgreSQL database {url.where} is not a sqlcache database "
-                               "(it has no sqlcache schema)", EXIT_DATABASE) from None
-            yield reader
+            yield _PgReader(loop, connection, url)
         finally:
-            with contextlib.suppress(Exception):  # closing ends (rolls back) the transaction
+            with contextlib.suppress(Exception):  # closing ends (rolls back) any transaction
                 loop.run_until_complete(connection.close(timeout=BUSY_TIMEOUT))
     finally:
         loop.close()
+
+
+@contextlib.contextmanager
+def _pg_read_only(url: DatabaseURL) -> Iterator[_PgReader]:
+    """A read-only transaction on the PostgreSQL cache at `url`, rolled back on exit, or a
+    `CliError` saying why not: no server (see `_pg_session`), or no sqlcache schema (exit 3)."""
+    with _pg_session(url) as reader:
+        reader.begin_read_only()
+        try:
+            reader.fetch(PG_SCHEMA_VERSION)
+        except CliError:
+            raise CliError(f"the PostgreSQL database {url.where} is not a sqlcache database "
+                           "(it has no sqlcache schema)", EXIT_DATABASE) from None
+        yield reader
 
 
 class _SqliteReader:
@@ -522,7 +581,18 @@ class _SqliteReader:
         self.connection, self.name = connection, str(path)
 
     def records(self, name: str, *params: Any) -> list[dict[str, Any]]:
-        return [dict(row) for row in self.connection.execute(SQLITE_SQL[name], params)]
+        return list(self.stream(name, *params))
+
+    def stream(self, name: str, *params: Any) -> Iterator[dict[str, Any]]:
+        """The rows of `records(name, *params)` one by one, as SQLite steps through them."""
+        return (dict(row) for row in self.connection.execute(SQLITE_SQL[name], params))
+
+    latest_schema = LATEST_SCHEMA
+
+    def engine_check(self) -> dict[str, Any]:
+        """SQLite's part of `check`: its own integrity check of the file."""
+        problems = [row["integrity_check"] for row in self.records("integrity_check")]
+        return {"check": "SQLite integrity_check", "ok": problems == ["ok"], "detail": "; ".join(problems[:5])}
 
     @property
     def shown(self) -> str:
@@ -545,6 +615,11 @@ def _reading(args: argparse.Namespace) -> Iterator[_SqliteReader | _PgReader]:
     else:
         with _read_only(location) as connection:
             yield _SqliteReader(connection, location)
+
+
+def _scalar(db: _SqliteReader | _PgReader, name: str, *params: Any) -> Any:
+    """The column `n` of the one row of the statement `name`."""
+    return db.records(name, *params)[0]["n"]
 
 
 def _os_error(error: OSError) -> str:
@@ -653,10 +728,7 @@ def run_stats(args: argparse.Namespace) -> int:
 
 def _stats(db: _SqliteReader | _PgReader) -> dict[str, Any]:
     now = time.time()
-
-    def scalar(name: str, *params: Any) -> Any:
-        return db.records(name, *params)[0]["n"]
-
+    scalar = functools.partial(_scalar, db)
     counters = db.records("counters")[0]
     entries, expired = counters["entries"], scalar("expired", now)
     return {
@@ -750,6 +822,24 @@ def _render_keys(data: Mapping[str, Any]) -> str:
 
 # ---------------------------------------------------------------- the statements of each engine
 
+# The statements of `check` that read the same in both dialects (they take no parameters).
+CHECK_SQL = {
+    "check_missing_access": """
+        SELECT count(*) AS n FROM entries AS e WHERE NOT EXISTS (SELECT 1 FROM access AS a WHERE a.entry_id = e.id)""",
+    "check_orphan_access": """
+        SELECT count(*) AS n FROM access AS a WHERE NOT EXISTS (SELECT 1 FROM entries AS e WHERE e.id = a.entry_id)""",
+    # The log's positions run without a hole from the oldest kept row to the newest (the trim
+    # removes a prefix): a missing row in between would make every process drop its memory tier.
+    "check_log_gaps": "SELECT coalesce(max(seq) - min(seq) + 1, 0) - count(*) AS n FROM invalidations",
+    # Tag rows of no entry.
+    "check_orphan_tags": """
+        SELECT count(*) AS n FROM tags AS t WHERE NOT EXISTS (SELECT 1 FROM entries AS e WHERE e.id = t.entry_id)""",
+    # Every entry's tags (JSON) with its tag rows, one row per tag row (a NULL tag if it has none),
+    # grouped by entry (`_tag_mismatches`).
+    "entry_tag_rows": """
+        SELECT e.id, e.tags, t.tag FROM entries AS e LEFT JOIN tags AS t ON t.entry_id = e.id ORDER BY e.id""",
+}
+
 # The statements of the commands that read on either engine, by name; the PostgreSQL statement of
 # a name returns the same columns as the SQLite one, with $1, $2 for SQLite's ? (`_reading`).
 SQLITE_SQL = {
@@ -764,6 +854,8 @@ SQLITE_SQL = {
     "has_tasks": "SELECT 1 AS found FROM sqlite_master WHERE name = 'preload_tasks' AND type IN ('table', 'view')",
     # The schema version.
     "version": "SELECT user_version AS version FROM pragma_user_version",
+    # SQLite's check of the whole file: one row "ok", or a row per problem.
+    "integrity_check": "PRAGMA integrity_check",
     # The entry count and byte total.
     "counters": "SELECT entries, bytes FROM counters WHERE id = 1",
     # Expired entries still on disk (a scan: the end-of-life index orders by the stale window's end).
@@ -797,6 +889,34 @@ SQLITE_SQL = {
                                 ORDER BY key LIMIT ?""",
     # One entry as `keys` lists it (without its value).
     "listed_entry": f"SELECT {ENTRY_COLUMNS} FROM cache_entries WHERE key = ?",
+    # `check`: each counts what breaks the invariant named so in INVARIANTS. IS NOT, so that a
+    # missing counters row fails too.
+    "check_counters": """
+        SELECT (SELECT entries FROM counters WHERE id = 1) IS NOT (SELECT count(*) FROM entries)
+            OR (SELECT bytes FROM counters WHERE id = 1) IS NOT (SELECT coalesce(sum(size), 0) FROM entries) AS n""",
+    "check_sizes": "SELECT count(*) AS n FROM entries WHERE size <> length(CAST(key AS BLOB)) + length(value)",
+    **CHECK_SQL,
+}
+# The counter slots of a PostgreSQL cache (migrations/postgresql/0001_initial.sql: slots 0..15).
+PG_COUNTER_SLOTS = 16
+# What `check` requires of a PostgreSQL cache: each relation with the schema version that made it
+# (migrations/postgresql/), and the triggers of 0001 that keep counters, access rows and tags in step.
+PG_RELATIONS = {
+    "sqlcache_schema": 1, "entries": 1, "access": 1, "tags": 1, "counters": 1, "invalidations": 1,
+    "cache_entries": 1, "cache_tags": 1, "preload_task_state": 2, "preload_tasks": 2,
+}
+PG_TRIGGERS = ("entries_inserted", "entries_updated", "entries_deleted")
+# `vacuum` on PostgreSQL: each table of the cache, one statement at a time (VACUUM cannot run in
+# a transaction). The space of dead rows becomes reusable (the tables stop growing), empty pages
+# at a table's end go back to the file system, and the planner's statistics are refreshed. Not
+# VACUUM FULL: it would lock every host out of the cache while it rewrote the tables.
+PG_VACUUM = {
+    "entries": "VACUUM (ANALYZE) entries",
+    "access": "VACUUM (ANALYZE) access",
+    "tags": "VACUUM (ANALYZE) tags",
+    "counters": "VACUUM (ANALYZE) counters",
+    "invalidations": "VACUUM (ANALYZE) invalidations",
+    "preload_task_state": "VACUUM (ANALYZE) preload_task_state",
 }
 POSTGRES_SQL = {
     "entry": f"""SELECT {ENTRY_COLUMNS}, value_json, (SELECT value FROM entries AS e WHERE e.key = c.key) AS value
@@ -817,6 +937,15 @@ POSTGRES_SQL = {
     "task_count": "SELECT count(*) AS n FROM preload_tasks",
     # The size of the database on the server (its tables, indexes and dead tuples).
     "disk_bytes": "SELECT pg_database_size(current_database()) AS n",
+    # The bytes of the rows of the tables named $1, of their indexes and TOAST tables: the main
+    # fork of each (not the free-space and visibility maps, which the first VACUUM creates).
+    "table_bytes": """
+        WITH t AS (SELECT to_regclass(name) AS id FROM unnest($1::text[]) AS name)
+        SELECT coalesce(sum(pg_relation_size(r.id)), 0)::bigint AS n FROM (
+            SELECT id FROM t
+            UNION ALL SELECT i.indexrelid::regclass FROM pg_index AS i JOIN t ON i.indrelid = t.id
+            UNION ALL SELECT c.reltoastrelid::regclass FROM pg_class AS c JOIN t ON c.oid = t.id WHERE c.reltoastrelid <> 0
+        ) AS r""",
     "tagged_counts": """SELECT count(*) AS matching, coalesce(sum((expires_at IS NULL OR expires_at > $1)::int), 0) AS live
                         FROM entries WHERE id IN (SELECT entry_id FROM tags WHERE tag = $2)""",
     "keys_in_range": "SELECT key, expires_at IS NULL OR expires_at > $1 AS live FROM entries WHERE key >= $2 AND key < $3",
@@ -829,6 +958,29 @@ POSTGRES_SQL = {
                                     SELECT e.key FROM tags AS t JOIN entries AS e ON e.id = t.entry_id WHERE t.tag = $1)
                                 ORDER BY key LIMIT $2""",
     "listed_entry": f"SELECT {ENTRY_COLUMNS} FROM cache_entries WHERE key = $1",
+    # Every counter slot is there (a writer adds its deltas to its own slot: one missing would
+    # lose them), and the slots add up to the entries.
+    "check_counters": f"""
+        SELECT ((SELECT count(*) FROM counters) <> {PG_COUNTER_SLOTS}
+             OR (SELECT sum(entries) FROM counters) IS DISTINCT FROM (SELECT count(*) FROM entries)
+             OR (SELECT sum(bytes) FROM counters) IS DISTINCT FROM (SELECT coalesce(sum(size), 0) FROM entries))::int AS n""",
+    # The key's own bytes: as stored, NUL and \x01 are escaped as two bytes each (`to_db`).
+    "check_sizes": """
+        SELECT count(*) AS n FROM entries
+        WHERE size <> octet_length(regexp_replace(key, E'\\x01[\\x01\\x02]', E'\\x01', 'g')) + octet_length(value)""",
+    **CHECK_SQL,
+    # `check` on PostgreSQL, in place of SQLite's integrity_check: which relations (tables and
+    # views; $1 their names, $2 the schema version that made each) a database at version $3 lacks ...
+    "missing_relations": """
+        SELECT r.name FROM unnest($1::text[], $2::int[]) AS r (name, since)
+        WHERE r.since <= $3 AND to_regclass(r.name) IS NULL ORDER BY r.name""",
+    # ... and which of the triggers on entries that keep counters, access rows and tags in step
+    # are missing or disabled.
+    "missing_triggers": """
+        SELECT r.name FROM unnest($1::text[]) AS r (name)
+        WHERE NOT EXISTS (SELECT 1 FROM pg_trigger AS t
+                          WHERE t.tgrelid = to_regclass('entries') AND t.tgname = r.name AND t.tgenabled <> 'D')
+        ORDER BY r.name""",
 }
 
 
@@ -953,7 +1105,17 @@ def run_purge(args: argparse.Namespace) -> int:
 
 
 def run_vacuum(args: argparse.Namespace) -> int:
-    path = _db_path(args)
+    location = _location(args)
+    name = f"the PostgreSQL cache {location.where}" if isinstance(location, DatabaseURL) else str(location)
+    before, after = _vacuum_postgres(location) if isinstance(location, DatabaseURL) else _vacuum_sqlite(location)
+    result = {"bytes_before": before, "bytes_after": after}
+    _emit(args, result, lambda r: f"vacuumed {name}: {_bytes(before)} -> {_bytes(after)}")
+    return EXIT_OK
+
+
+def _vacuum_sqlite(path: Path) -> tuple[int, int]:
+    """VACUUM rebuilds the file without the free pages of deleted entries; the WAL is emptied.
+    The bytes of the file and its WAL before and after."""
     with _read_only(path):  # the same checks and messages as every other command
         pass
     _require_writable(path)
@@ -966,10 +1128,19 @@ def run_vacuum(args: argparse.Namespace) -> int:
         raise CliError(f"cannot vacuum {path}: {error}", EXIT_SQL) from None
     finally:
         connection.close()
-    after = _file_size(path) + _file_size(Path(f"{path}-wal"))
-    result = {"bytes_before": before, "bytes_after": after}
-    _emit(args, result, lambda r: f"vacuumed {path}: {_bytes(before)} -> {_bytes(after)}")
-    return EXIT_OK
+    return before, _file_size(path) + _file_size(Path(f"{path}-wal"))
+
+
+def _vacuum_postgres(url: DatabaseURL) -> tuple[int, int]:
+    """VACUUM (ANALYZE) of each table of the cache (see `PG_VACUUM`); the bytes of those tables
+    (with their indexes) before and after."""
+    with _pg_read_only(url) as reader:  # the same checks and messages as every other command
+        version = reader.records("version")[0]["version"]
+    tables = [table for table in PG_VACUUM if PG_RELATIONS[table] <= version]
+    with _pg_session(url, command_timeout=None) as db:
+        before = _scalar(db, "table_bytes", tables)
+        db.maintain([PG_VACUUM[table] for table in tables])
+        return before, _scalar(db, "table_bytes", tables)
 
 
 # ---------------------------------------------------------------- tasks
@@ -1016,57 +1187,94 @@ def _render_tasks(rows: Sequence[Mapping[str, Any]]) -> str:
 
 # ---------------------------------------------------------------- check
 
-# Each counts what breaks the invariant named by its key (rows, or mismatched counters). Tags are
-# compared with sqlcache_has_tag (Python's json), since json_each cuts a tag at a NUL; entries.tags
-# holds each tag once (the library sorts and dedups), so a count of matching rows equals its length.
-CHECKS = {
-    # IS NOT, so that a missing counters row fails too.
-    "counters match entries": """
-        SELECT (SELECT entries FROM counters WHERE id = 1) IS NOT (SELECT count(*) FROM entries)
-            OR (SELECT bytes FROM counters WHERE id = 1) IS NOT (SELECT coalesce(sum(size), 0) FROM entries)""",
-    "sizes match keys and values": """
-        SELECT count(*) FROM entries WHERE size <> length(CAST(key AS BLOB)) + length(value)""",
-    "every entry has access statistics": """
-        SELECT count(*) FROM entries AS e WHERE NOT EXISTS (SELECT 1 FROM access AS a WHERE a.entry_id = e.id)""",
-    "no orphan access statistics": """
-        SELECT count(*) FROM access AS a WHERE NOT EXISTS (SELECT 1 FROM entries AS e WHERE e.id = a.entry_id)""",
-    "tag index has every entry tag": """
-        SELECT count(*) FROM entries AS e
-        WHERE json_array_length(e.tags) <> (
-            SELECT count(*) FROM tags AS t WHERE t.entry_id = e.id AND sqlcache_has_tag(e.tags, t.tag))""",
-    "tag index has nothing else": """
-        SELECT count(*) FROM tags AS t WHERE NOT EXISTS (
-            SELECT 1 FROM entries AS e WHERE e.id = t.entry_id AND sqlcache_has_tag(e.tags, t.tag))""",
+# The invariants `check` tests on either engine, each by the statement of the same name in
+# `SQLITE_SQL` and `POSTGRES_SQL`: it counts what breaks the invariant (rows, or 1 for mismatched
+# counters), so the report and its verdict are the same code on both. The tag index is compared
+# in Python (`_tag_index`) on both, since neither engine's JSON functions can take every tag:
+# SQLite's json_each cuts a tag at an escaped NUL, PostgreSQL's cannot turn one into text.
+INVARIANTS = {
+    "counters match entries": "check_counters",
+    "sizes match keys and values": "check_sizes",
+    "every entry has access statistics": "check_missing_access",
+    "no orphan access statistics": "check_orphan_access",
+    "invalidation log has no gaps": "check_log_gaps",
 }
+TAG_INDEX_HAS_EVERY_TAG = "tag index has every entry tag"
+TAG_INDEX_HAS_NOTHING_ELSE = "tag index has nothing else"
 
 
 def run_check(args: argparse.Namespace) -> int:
-    with _read_only(_db_path(args)) as db:
-        results = [_integrity(db), _schema_version(db)]
-        results += [_invariant(db, name, sql) for name, sql in CHECKS.items()]
+    with _reading(args) as db:
+        results = [db.engine_check(), _schema_version(db)]
+        results += [_invariant(name, functools.partial(_scalar, db, statement)) for name, statement in INVARIANTS.items()]
+        results += _tag_index(db)
     ok = all(result["ok"] for result in results)
     _emit(args, {"ok": ok, "checks": results}, _render_check)
     return EXIT_OK if ok else EXIT_NO
 
 
-def _integrity(db: sqlite3.Connection) -> dict[str, Any]:
-    problems = [row[0] for row in db.execute("PRAGMA integrity_check")]
-    return {"check": "SQLite integrity_check", "ok": problems == ["ok"], "detail": "; ".join(problems[:5])}
+def _schema_version(db: _SqliteReader | _PgReader) -> dict[str, Any]:
+    version = db.records("version")[0]["version"]
+    detail = f"version {version}, this sqlcache knows up to {db.latest_schema}"
+    return {"check": "schema version known", "ok": version is not None and version <= db.latest_schema, "detail": detail}
 
 
-def _schema_version(db: sqlite3.Connection) -> dict[str, Any]:
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    detail = f"version {version}, this sqlcache knows up to {LATEST_SCHEMA}"
-    return {"check": "schema version known", "ok": version <= LATEST_SCHEMA, "detail": detail}
-
-
-def _invariant(db: sqlite3.Connection, name: str, sql: str) -> dict[str, Any]:
+def _invariant(name: str, count: Callable[[], int]) -> dict[str, Any]:
+    """The result of the invariant `name`, `count()` being its number of inconsistencies."""
     try:
-        broken = db.execute(sql).fetchone()[0]
-    except sqlite3.DatabaseError as error:  # e.g. malformed JSON in entries.tags
-        return {"check": name, "ok": False, "detail": f"could not be checked: {error}"}
+        return _verdict(name, count())
+    except (sqlite3.DatabaseError, CliError) as error:
+        return _unchecked(name, error)
+
+
+def _tag_index(db: _SqliteReader | _PgReader) -> list[dict[str, Any]]:
+    """Both directions of the tag index against `entries.tags` (see `_tag_mismatches`)."""
+    names = (TAG_INDEX_HAS_EVERY_TAG, TAG_INDEX_HAS_NOTHING_ELSE)
+    try:
+        counts = _tag_mismatches(db)
+    except (sqlite3.DatabaseError, CliError) as error:
+        return [_unchecked(name, error) for name in names]
+    return [_verdict(name, count) for name, count in zip(names, counts)]
+
+
+def _tag_mismatches(db: _SqliteReader | _PgReader) -> tuple[int, int]:
+    """Entries carrying a tag the index lacks, and index rows naming no tag of their entry (or
+    no entry at all); tags compared whole, in Python."""
+    missing = extra = 0
+    for _, rows in itertools.groupby(db.stream("entry_tag_rows"), key=operator.itemgetter("id")):
+        first, *others = rows
+        indexed = [row["tag"] for row in (first, *others) if row["tag"] is not None]
+        tags = _tag_list(first["tags"])
+        if tags is None:  # no index row can match it
+            missing, extra = missing + 1, extra + len(indexed)
+            continue
+        missing += not tags <= frozenset(indexed)
+        extra += sum(tag not in tags for tag in indexed)
+    return missing, extra + db.records("check_orphan_tags")[0]["n"]
+
+
+def _tag_list(tags_json: Any) -> frozenset[str] | None:
+    """The tags of an `entries.tags` cell, or None if it is not a JSON array of text."""
+    try:
+        tags = json.loads(tags_json)
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+        return None
+    return frozenset(tags)
+
+
+def _verdict(name: str, broken: int) -> dict[str, Any]:
     detail = "ok" if not broken else _count(broken, "inconsistency", "inconsistencies")
     return {"check": name, "ok": not broken, "detail": detail}
+
+
+def _unchecked(name: str, error: sqlite3.DatabaseError | CliError) -> dict[str, Any]:
+    """A check the database could not answer (a table dropped by hand, say): a failed check.
+    A lost server is no finding about the cache: that error goes on to end the command."""
+    if isinstance(error, CliError) and error.code != EXIT_SQL:
+        raise error
+    return {"check": name, "ok": False, "detail": f"could not be checked: {error}"}
 
 
 def _render_check(data: Mapping[str, Any]) -> str:
@@ -1081,13 +1289,13 @@ def _render_check(data: Mapping[str, Any]) -> str:
 def run_sql(args: argparse.Namespace) -> int:
     if not _has_statement(args.statement):
         raise CliError("no SQL statement given (the SQL argument is empty or only comments)", EXIT_USAGE)
-    url = _postgres_url(args)
-    if url is not None:
-        with _pg_read_only(url) as reader:
+    location = _location(args)
+    if isinstance(location, DatabaseURL):
+        with _pg_read_only(location) as reader:
             names, rows = reader.fetch(args.statement)
         columns = _unique(names)
     else:
-        with _read_only(_db_path(args)) as db:
+        with _read_only(location) as db:
             try:
                 cursor = db.execute(args.statement)
                 rows = cursor.fetchall()

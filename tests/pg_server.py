@@ -13,6 +13,7 @@ run on either.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import importlib.util
 import itertools
@@ -174,12 +175,15 @@ async def heard(manager: CacheManager) -> None:
         await manager._store.log_position()
 
 
-async def disk_rows(manager: CacheManager, sql: str) -> list[tuple]:
-    """Rows of a query (written in the SQL both stores speak) on `manager`'s disk tier."""
-    if manager.config.disk_cache_url is None:
-        with sqlite3.connect(manager.config.db_path) as db:
+async def disk_rows(cache: CacheManager | dict, sql: str) -> list[tuple]:
+    """Rows of a query (written in the SQL both stores speak) on the disk tier of a manager, or
+    of a config (one `disk_config` made)."""
+    url = cache.config.disk_cache_url if isinstance(cache, CacheManager) else cache.get("disk_cache_url")
+    if url is None:
+        path = cache.config.db_path if isinstance(cache, CacheManager) else Path(cache["disk_cache_dir"]) / "sqlcache.db"
+        with contextlib.closing(sqlite3.connect(path)) as db:
             return db.execute(sql).fetchall()
-    connection = await asyncpg.connect(manager.config.disk_cache_url)
+    connection = await asyncpg.connect(url)
     try:
         return [tuple(row) for row in await connection.fetch(sql)]
     finally:

@@ -2,7 +2,8 @@
 
     python preload_worker.py CACHE_DIR --interval S --run-for S (--url URL | --run-log PATH) [options]
 
-Registers the shared task `shared_btc` on CACHE_DIR, opens its table, prints `ready`, waits for
+Registers the shared task `shared_btc` on CACHE_DIR (or, with `--disk-url`, on that PostgreSQL
+database, CACHE_DIR being this host's own directory), opens its table, prints `ready`, waits for
 a line on stdin (so the test can start every worker at once, and lock the database first), then
 runs the preloader with real time for `--run-for` seconds, stops and closes cleanly.
 
@@ -77,6 +78,8 @@ def make_loader(options: argparse.Namespace, preloader):
 
 async def main(options: argparse.Namespace) -> None:
     config = {"disk_cache_dir": options.cache_dir, "busy_timeout": options.busy_timeout}
+    if options.disk_url is not None:
+        config["disk_cache_url"] = options.disk_url
     async with ResourcePool(CacheManager(config)) as resource_pool:
         preloader = resource_pool.cache_preloader
         if options.lease is not None:
@@ -101,6 +104,7 @@ async def main(options: argparse.Namespace) -> None:
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("cache_dir")
+    parser.add_argument("--disk-url", help="the disk_cache_url: a PostgreSQL cache shared by every worker")
     parser.add_argument("--interval", type=float, required=True)
     parser.add_argument("--run-for", type=float, required=True)
     source = parser.add_mutually_exclusive_group(required=True)

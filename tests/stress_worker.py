@@ -1,4 +1,4 @@
-"""A stress worker process: `python stress_worker.py run DIR HISTORY NAME UNTIL SEED PHASE`.
+"""A stress worker process: `python stress_worker.py run DIR HISTORY NAME UNTIL SEED PHASE [URL]`.
 
 Runs `TASKS` asyncio tasks of random operations on the small shared key space `KEYS` until the
 wall-clock time UNTIL, and logs every operation as a JSON line in HISTORY (its own file), one
@@ -8,9 +8,10 @@ write and flush per line, so the history of a worker killed with SIGKILL survive
 - every op logs a "ret" line when it ends: `t0`/`t1` (time.time()), outcome ("ok", "cancelled",
   "error:<Type>"), and for reads the id of the value returned (`got`) or its repr (`garbled`).
 Every value is `history.make_value(vid)` with `vid` = NAME/task/op number: unique, and naming its
-write. Phase 1 evicts and expires all the time; phase 2 never does (see `config`).
+write. Phase 1 evicts and expires all the time; phase 2 never does (see `config`). With URL the
+disk tier is that PostgreSQL database, and DIR this process's own directory (another host's).
 
-`python stress_worker.py dump DIR PHASE` prints, as one JSON object, what a fresh process reads
+`python stress_worker.py dump DIR PHASE [URL]` prints, as one JSON object, what a fresh process reads
 for every key: one get at a time, all gets at once (coalesced on disk), and `get_many`.
 """
 
@@ -48,12 +49,13 @@ LEVELS = [CacheLevel.ALL, CacheLevel.ALL, CacheLevel.DISK, CacheLevel.MEMORY]
 TTLS = [None, 0, 0.5, 2.0]  # phase 1; phase 2 never expires
 
 
-def config(directory: str, phase: int) -> dict[str, Any]:
+def config(directory: str, phase: int, url: str | None = None) -> dict[str, Any]:
     """Phase 1: ~15 KiB of disk for ~40 keys of 50-950 byte values and 16 memory slots, so both
     tiers evict constantly, and TTLs as short as 0.5 s. Phase 2: nothing is ever evicted or expires,
     so a value that goes missing was lost."""
     common = {"disk_cache_dir": directory, "sync_interval": SYNC_INTERVAL, "busy_timeout": 20.0,
-              "access_flush_interval": 0.1, "default_ttl": DEFAULT_TTL[phase]}
+              "access_flush_interval": 0.1, "default_ttl": DEFAULT_TTL[phase],
+              **({"disk_cache_url": url} if url else {})}
     if phase == 1:
         return {**common, "disk_max_size": 15 * 1024, "memory_max_size": 16, "purge_interval": 1.0}
     return {**common, "disk_max_size": 256 * 1024 * 1024, "memory_max_size": 10_000}
@@ -75,10 +77,10 @@ class Log:
         self._file.write(json.dumps(record, ensure_ascii=True) + "\n")
 
 
-async def run(directory: str, history: str, name: str, until: str, seed: str, phase: str) -> None:
+async def run(directory: str, history: str, name: str, until: str, seed: str, phase: str, url: str | None = None) -> None:
     log = Log(history, name)
     stop = float(until)
-    async with CacheManager(config(directory, int(phase))) as cache:
+    async with CacheManager(config(directory, int(phase), url)) as cache:
         await asyncio.gather(*(Task(cache, log, name, t, random.Random(f"{seed}-{name}-{t}"), int(phase)).run(stop) for t in range(TASKS)))
 
 
@@ -196,13 +198,13 @@ class Task:
         await self.call("clear", self.cache.clear, write=True)
 
 
-async def dump(directory: str, phase: str) -> None:
+async def dump(directory: str, phase: str, url: str | None = None) -> None:
     """What a fresh process reads for every key, three ways, as {way: {key: [vid, garbled]}}
     (`get_many` only where this sqlcache has it: DESIGN.md promises it, older code lacks it)."""
     views: dict[str, dict[str, tuple[str | None, str | None]]] = {}
     ways = ("get", "gather", "get_many") if hasattr(CacheManager, "get_many") else ("get", "gather")
     for way in ways:
-        async with CacheManager(config(directory, int(phase))) as cache:
+        async with CacheManager(config(directory, int(phase), url)) as cache:
             if way == "get":
                 values = [await cache.get(key) for key in KEYS]
             elif way == "gather":

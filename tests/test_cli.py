@@ -242,18 +242,6 @@ def test_vacuum_keeps_every_entry(cache: Path) -> None:
     assert sqlcache("--dir", str(cache), "check").returncode == 0
 
 
-def test_check_passes_then_finds_broken_counters(cache: Path) -> None:
-    healthy = sqlcache("--dir", str(cache), "check")
-    assert healthy.returncode == 0 and healthy.stdout.rstrip().endswith("all checks passed")
-    with sqlite3.connect(cache / "sqlcache.db") as connection:
-        connection.execute("UPDATE counters SET bytes = bytes + 7")
-    broken = sqlcache("--dir", str(cache), "check", "--json")
-    assert broken.returncode == 1
-    report = json.loads(broken.stdout)
-    assert report["ok"] is False
-    assert [check["check"] for check in report["checks"] if not check["ok"]] == ["counters match entries"]
-
-
 # ---------------------------------------------------------------- sql
 
 
@@ -557,48 +545,88 @@ async def test_every_command_prints_strict_and_consistent_json(cache: Path) -> N
     assert "true/false" in helped and "ISO-8601" in helped and "null" in helped
 
 
-def break_counters(db: sqlite3.Connection) -> None:
-    db.execute("UPDATE counters SET bytes = bytes + 7")
+# What `check` must find, and SQL that breaks it: on SQLite, and on PostgreSQL where that differs
+# (None: not on that engine).
+DAMAGE = [
+    ("counters match entries", ["UPDATE counters SET bytes = bytes + 7"],
+     ["UPDATE counters SET bytes = bytes + 7 WHERE slot = 3"]),  # one of the 16 slots
+    ("counters match entries", ["DELETE FROM counters"], ...),
+    # A slot gone whose numbers were 0: the sums still agree, but a writer on that slot would lose its deltas.
+    ("counters match entries", None,
+     ["DELETE FROM counters WHERE slot = (SELECT min(slot) FROM counters WHERE entries = 0 AND bytes = 0)"]),
+    ("sizes match keys and values",
+     ["UPDATE entries SET size = size + 1 WHERE key = 'raw:frame'",
+      "UPDATE counters SET bytes = (SELECT sum(size) FROM entries)"],  # with or without triggers
+     ["UPDATE entries SET size = size + 1 WHERE key = 'raw:frame'"]),  # the trigger keeps the counters
+    ("every entry has access statistics",
+     ["DELETE FROM access WHERE entry_id = (SELECT id FROM entries WHERE key = 'raw:frame')"], ...),
+    ("no orphan access statistics", ["INSERT INTO access (entry_id, accessed_at, access_count) VALUES (999999, 0, 0)"], ...),
+    ("tag index has every entry tag", ["DELETE FROM tags WHERE tag = 'BTC'"], ...),
+    ("tag index has nothing else", ["INSERT INTO tags (tag, entry_id) SELECT 'bogus', id FROM entries WHERE key = 'raw:frame'"], ...),
+    ("tag index has nothing else", ["INSERT INTO tags (tag, entry_id) VALUES ('BTC', 999999)"], ...),
+    ("invalidation log has no gaps", ["DELETE FROM invalidations WHERE seq = (SELECT min(seq) + 1 FROM invalidations)"], ...),
+    ("PostgreSQL schema objects present", None, ["ALTER TABLE entries DISABLE TRIGGER entries_deleted"]),
+    ("PostgreSQL schema objects present", None, ["DROP VIEW cache_tags"]),
+]
 
 
-def drop_counters(db: sqlite3.Connection) -> None:
-    db.execute("DELETE FROM counters")
+def damage_cases() -> list:
+    """DAMAGE as test cases, one per store it applies to."""
+    return [
+        pytest.param(store, statements, failing, id=f"{store}-{failing}-{statements[0][:24]}")
+        for failing, on_sqlite, on_pg in DAMAGE
+        for store, statements in (("sqlite", on_sqlite), ("postgresql", on_sqlite if on_pg is ... else on_pg))
+        if statements is not None
+    ]
 
 
-def break_size(db: sqlite3.Connection) -> None:
-    db.execute("UPDATE entries SET size = size + 1 WHERE key = ?", ("raw:frame",))
-    db.execute("UPDATE counters SET bytes = (SELECT sum(size) FROM entries)")  # with or without triggers
+async def damage(where: list[str], statements: list[str]) -> None:
+    """Run `statements` on the cache at `where` (--dir DIR or --url URL) as a person with a SQL shell could."""
+    if where[0] == "--dir":
+        with contextlib.closing(sqlite3.connect(Path(where[1]) / "sqlcache.db", isolation_level=None)) as db:
+            for statement in statements:
+                db.execute(statement)
+        return
+    import asyncpg
+
+    connection = await asyncpg.connect(where[1])
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
 
 
-def drop_access_row(db: sqlite3.Connection) -> None:
-    db.execute("DELETE FROM access WHERE entry_id = (SELECT id FROM entries WHERE key = ?)", ("raw:frame",))
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def filled(request, cache_dir: Path) -> list[str]:
+    """The location arguments of a cache filled as `cache` is, on each store in turn."""
+    if request.param == "sqlite":
+        await fill(cache_dir)
+        return ["--dir", str(cache_dir)]
+    url = request.getfixturevalue("pg_url")
+    await fill(cache_dir.parent / "host", url)
+    return ["--url", url]
 
 
-def add_orphan_access_row(db: sqlite3.Connection) -> None:
-    db.execute("INSERT INTO access (entry_id, accessed_at, access_count) VALUES (999999, 0, 0)")
+def test_check_passes_then_finds_a_broken_counter_on_either_store(filled: list[str]) -> None:
+    from pg_server import PASSWORD
+
+    healthy = sqlcache(*filled, "check")
+    assert healthy.returncode == 0 and healthy.stdout.rstrip().endswith("all checks passed"), healthy.stdout
+    asyncio.run(damage(filled, ["UPDATE counters SET bytes = bytes + 7 WHERE bytes = (SELECT max(bytes) FROM counters)"]))
+    broken = sqlcache(*filled, "check")
+    assert broken.returncode == 1 and broken.stdout.rstrip().endswith("PROBLEMS FOUND")
+    assert re.search(r"^counters match entries +FAILED +1 inconsistency$", broken.stdout, re.M)
+    report = json.loads(sqlcache(*filled, "check", "--json").stdout)
+    assert report["ok"] is False
+    assert [check["check"] for check in report["checks"] if not check["ok"]] == ["counters match entries"]
+    assert PASSWORD not in healthy.stdout + broken.stdout + broken.stderr
 
 
-def drop_tag_row(db: sqlite3.Connection) -> None:
-    db.execute("DELETE FROM tags WHERE tag = ?", ("BTC",))
-
-
-def add_tag_row(db: sqlite3.Connection) -> None:
-    db.execute("INSERT INTO tags (tag, entry_id) SELECT ?, id FROM entries WHERE key = ?", ("bogus", "raw:frame"))
-
-
-@pytest.mark.parametrize("damage, failing", [
-    (break_counters, "counters match entries"),
-    (drop_counters, "counters match entries"),
-    (break_size, "sizes match keys and values"),
-    (drop_access_row, "every entry has access statistics"),
-    (add_orphan_access_row, "no orphan access statistics"),
-    (drop_tag_row, "tag index has every entry tag"),
-    (add_tag_row, "tag index has nothing else"),
-])
-def test_check_finds_each_broken_invariant(cache: Path, damage, failing: str) -> None:
-    with contextlib.closing(sqlite3.connect(cache / "sqlcache.db", isolation_level=None)) as connection:
-        damage(connection)
-    report = sqlcache("--dir", str(cache), "check", "--json")
+@pytest.mark.parametrize("filled, statements, failing", damage_cases(), indirect=["filled"])
+async def test_check_finds_each_broken_invariant(filled: list[str], statements: list[str], failing: str) -> None:
+    await damage(filled, statements)
+    report = sqlcache(*filled, "check", "--json")
     assert report.returncode == 1, report.stderr
     assert [check["check"] for check in strict_json(report.stdout)["checks"] if not check["ok"]] == [failing]
 
@@ -692,7 +720,8 @@ def test_an_unreachable_or_refusing_server_names_the_host_never_the_password(pg_
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     nowhere = f"postgresql://sqlcache:{PASSWORD}@127.0.0.1:{port}/cache"
-    for command in (["sql", "SELECT 1"], ["get", "k"], ["tags"], ["tasks"], ["purge"], ["invalidate", "--tag", "x", "--yes"]):
+    for command in (["sql", "SELECT 1"], ["get", "k"], ["tags"], ["tasks"], ["purge"], ["invalidate", "--tag", "x", "--yes"],
+                    ["check"], ["vacuum"]):
         down = sqlcache("--url", nowhere, *command)
         assert_clean_failure(down, 3, f"cannot connect to the PostgreSQL cache 127.0.0.1:{port}/cache")
         assert PASSWORD not in down.stderr + down.stdout
@@ -769,13 +798,46 @@ async def test_stats_and_keys_on_postgresql_show_what_sqlite_shows(pg_cache: str
     assert sqlcache("--url", pg_cache, "keys", "--limit", "2").stdout.splitlines()[-1] == "... and 4 more (raise --limit)"
 
 
-@pytest.mark.parametrize("command", ["check", "vacuum"])
-def test_check_and_vacuum_are_sqlite_only_for_now(pg_cache: str, command: str) -> None:
+async def test_check_on_postgresql_compares_keys_and_tags_holding_nul_exactly(pg_url: str, tmp_path: Path) -> None:
+    async with CacheManager({"disk_cache_url": pg_url, "disk_cache_dir": tmp_path / "h"}) as manager:
+        await manager.set("k\x00\x01", 1, 600, tags=["grp", "grp\x00A", "\x01", "\\u0000"])
+    healthy = sqlcache("--url", pg_url, "check")
+    assert healthy.returncode == 0, healthy.stdout  # sizes count the key's own bytes, tags compared whole
+    await damage(["--url", pg_url], ["DELETE FROM tags WHERE tag = E'grp\\x01\\x01A'"])  # the row of "grp\x00A"
+    report = strict_json(sqlcache("--url", pg_url, "check", "--json").stdout)
+    assert [check["check"] for check in report["checks"] if not check["ok"]] == ["tag index has every entry tag"]
+
+
+async def test_vacuum_on_postgresql_keeps_every_entry_and_gives_back_the_space_of_deleted_ones(
+        pg_cache: str, tmp_path: Path) -> None:
     from pg_server import PASSWORD
 
-    refused = sqlcache("--url", pg_cache, command)
-    assert_clean_failure(refused, 2, f"`sqlcache {command}` is SQLite-only for now; it cannot use the PostgreSQL cache 127.0.0.1:")
-    assert PASSWORD not in refused.stderr and len(refused.stderr.splitlines()) == 1
+    async with CacheManager({"disk_cache_url": pg_cache, "disk_cache_dir": tmp_path / "h"}) as manager:
+        await manager.set_many({f"bulk:{i}": "x" * 1000 for i in range(2000)}, 600, tags=["bulk"])
+        assert await manager.invalidate_by_tag("bulk") == 2000
+    result = as_json(sqlcache("--url", pg_cache, "vacuum", "--json"))
+    assert result["bytes_after"] < result["bytes_before"] - 1_000_000  # the table's emptied end went back
+    assert await pg_count(pg_cache, "SELECT count(*) FROM entries") == 6
+    assert await pg_count(pg_cache, "SELECT count(*) FROM pg_stat_user_tables WHERE relname = 'entries' "
+                                    "AND last_vacuum IS NOT NULL AND last_analyze IS NOT NULL") == 1
+    text = sqlcache("--url", pg_cache, "vacuum")
+    assert text.returncode == 0 and text.stdout.startswith("vacuumed the PostgreSQL cache 127.0.0.1:")
+    assert PASSWORD not in text.stdout + text.stderr
+    assert sqlcache("--url", pg_cache, "check").returncode == 0
+
+
+async def test_a_role_that_may_only_read_can_check_but_not_vacuum(pg_cache: str) -> None:
+    from pg_server import PASSWORD
+
+    await damage(["--url", pg_cache], [
+        "CREATE ROLE cache_reader LOGIN PASSWORD 'Reader-Pa55'",
+        "GRANT SELECT ON ALL TABLES IN SCHEMA public TO cache_reader",
+    ])
+    reader = pg_cache.replace(f"postgres:{PASSWORD}@", "cache_reader:Reader-Pa55@")
+    assert sqlcache("--url", reader, "check").returncode == 0
+    refused = sqlcache("--url", reader, "vacuum")
+    assert_clean_failure(refused, 4, "SQL failed: permission denied to vacuum")
+    assert "Reader-Pa55" not in refused.stderr and len(refused.stderr.splitlines()) == 1
 
 
 async def test_tasks_on_postgresql_have_sqlites_columns(pg_cache: str, cache: Path, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from loopback import Response
+from pg_server import disk_rows
 from sqlcache import CacheManager, CachePreloader, PreloadError, ResourcePool, RetryPolicy
 
 KLINES = "/api/v3/klines"
@@ -516,19 +517,28 @@ async def test_statistics_are_kept_in_memory_when_the_disk_tier_is_off(clock, sl
 
 
 class Workers:
-    """Agent processes (tests/preload_worker.py) sharing one task on one cache directory.
+    """Agent processes (tests/preload_worker.py) sharing one task on one cache directory, or,
+    given the `disk_config` of a PostgreSQL store, on one database as hosts of their own (each
+    with its own `disk_cache_dir`).
 
     `async with Workers(...) as workers:` starts them and waits until each is ready; the body
     calls `go()`; leaving waits for them to finish cleanly (or kills them on an error).
     """
 
-    def __init__(self, cache_dir: Path, count: int, *options: str) -> None:
+    def __init__(self, cache: Path | dict, count: int, *options: str) -> None:
         worker = Path(__file__).with_name("preload_worker.py")
-        command = [sys.executable, str(worker), str(cache_dir), *options]
         self.processes = [
-            subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            for _ in range(count)
+            subprocess.Popen([sys.executable, str(worker), *self.location(cache, host), *options],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for host in range(count)
         ]
+
+    @staticmethod
+    def location(cache: Path | dict, host: int) -> list[str]:
+        """The worker's arguments naming the cache: the directory, or a host's own and the URL."""
+        if isinstance(cache, Path) or "disk_cache_url" not in cache:
+            return [str(cache if isinstance(cache, Path) else cache["disk_cache_dir"])]
+        return [str(Path(cache["disk_cache_dir"]) / f"host{host}"), "--disk-url", cache["disk_cache_url"]]
 
     async def __aenter__(self) -> "Workers":
         """Wait until every worker has opened the database and registered the task."""
@@ -593,11 +603,13 @@ def assert_one_run_at_a_time(runs: list[tuple[float, float, int]], interval: flo
         assert next_start - start > 0.5 * interval, f"two runs in one interval: {runs}"
 
 
-async def test_two_processes_sharing_a_task_run_it_once_per_interval_in_all(cache_dir, http_server):
+async def test_two_processes_sharing_a_task_run_it_once_per_interval_in_all(disk_config, http_server):
+    # On PostgreSQL the two processes are two hosts: a directory each, one database.
+    config = disk_config()
     http_server.script("/shared", Response.json(CANDLES))
     interval, run_for = 0.5, 3.2
     options = ["--url", http_server.url("/shared"), "--interval", str(interval), "--run-for", str(run_for)]
-    async with Workers(cache_dir, 2, *options) as workers:
+    async with Workers(config, 2, *options) as workers:
         workers.go()
 
     hits = http_server.hits("/shared")
@@ -607,7 +619,8 @@ async def test_two_processes_sharing_a_task_run_it_once_per_interval_in_all(cach
     assert 4 <= len(hits) <= run_for / interval + 1, gaps
     assert min(gaps) > 0.5 * interval, f"two runs in one interval: {gaps}"
     assert {hit.query["pid"][0] for hit in hits} <= {str(pid) for pid in workers.pids}
-    assert table_rows(cache_dir, "SELECT run_count, error_count, running_in FROM preload_tasks") == [(len(hits), 0, None)]
+    assert await disk_rows(config, "SELECT run_count, error_count, running_in FROM preload_tasks") == [(len(hits), 0, None)]
+    assert await disk_rows(config, "SELECT count(*) FROM cache_entries WHERE key = 'market_data:BTC:1m'") == [(1,)]
 
 
 async def test_a_plain_function_loader_longer_than_any_lease_still_runs_once_in_all_processes(cache_dir, tmp_path):
