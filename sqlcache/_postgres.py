@@ -625,7 +625,21 @@ class PostgresStore:
     async def _write_batch(
         self, connection: Any, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float
     ) -> WriteResult:
+        """Begin (`BEGIN_WRITE`), run the plan, commit. BEGIN is sent first and answered while the
+        plan runs up to its first statement (its puts are buffered: see `_PutBuffer`), so the
+        server takes the write lock while this process prepares the batch's rows."""
         plan = _plan.write_batch(ops, reads, now=now, origin=self._origin, max_bytes=self.max_bytes, strategy=self._strategy)
+        begun = asyncio.ensure_future(self._begin(connection))
+        await asyncio.sleep(0)  # the loop's turn in which `begun` sends BEGIN
+        try:
+            result = await self._run_plan(connection, plan, begun)
+            await connection.execute(COMMIT)
+        except BaseException:
+            await self._abandon(connection, begun)
+            raise
+        return result
+
+    async def _begin(self, connection: Any) -> None:
         try:
             await connection.execute(BEGIN_WRITE)
         except Exception as error:
@@ -633,22 +647,27 @@ class PostgresStore:
                 raise
             connection.terminate()
             raise _DroppedWhileIdle(str(error)) from None
-        try:
-            result = await self._run_plan(connection, plan)
-            await connection.execute(COMMIT)
-        except BaseException:
-            if connection.is_in_transaction():
-                try:
-                    await connection.execute(ROLLBACK)
-                except Exception:
-                    connection.terminate()  # cut off mid-statement: the server rolls back
-            raise
-        return result
 
-    async def _run_plan(self, db: Any, plan: _plan.Plan[T]) -> T:
-        """The plan's driver (`_plan.run` with `await`). Consecutive puts are combined (see
-        `_PutBuffer`); what the log statement already read is answered without a round trip (see
-        `_LogAnswers`)."""
+    async def _abandon(self, connection: Any, begun: asyncio.Future[None]) -> None:
+        """Roll back a write that failed, once its BEGIN has been answered (the connection takes
+        one statement at a time); a connection cut off mid-statement is terminated instead."""
+        try:
+            await asyncio.wait([begun])
+        except BaseException:
+            connection.terminate()
+            raise
+        if not begun.cancelled():
+            begun.exception()  # seen here if the plan failed before it awaited `begun`
+        if connection.is_in_transaction():
+            try:
+                await connection.execute(ROLLBACK)
+            except Exception:
+                connection.terminate()  # the server rolls back
+
+    async def _run_plan(self, db: Any, plan: _plan.Plan[T], begun: asyncio.Future[None]) -> T:
+        """The plan's driver (`_plan.run` with `await`), its first statement sent once `begun`
+        (the transaction's start) is done. Consecutive puts are combined (see `_PutBuffer`); what
+        the log statement already read is answered without a round trip (see `_LogAnswers`)."""
         puts = _PutBuffer()
         logged = _LogAnswers(self._origin)
         try:
@@ -658,6 +677,7 @@ class PostgresStore:
                 if rows is None and query.name in _PutBuffer.NAMES:
                     rows = puts.add(query)
                 elif rows is None:
+                    await begun
                     await puts.flush(db, before=query.name)
                     if query.name == "log_changes":
                         rows = await logged.append(db, query.params, puts.take_tags())
@@ -665,6 +685,7 @@ class PostgresStore:
                         rows = await self._execute(db, query)
                 query = plan.send(rows)
         except StopIteration as done:
+            await begun
             await puts.flush(db, before="commit")
             return done.value
 
