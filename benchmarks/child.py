@@ -9,7 +9,9 @@ Each role prints one JSON object per line on stdout (flushed), so the harness fo
   command (target 10): `set KEY N` stores `{"n": N}` and answers with the monotonic time at
   which the set returned (committed); `churn KEY_PREFIX SECONDS` starts setting other keys every
   `SECONDS` in the background, so that every coherence check of the harness's process finds new
-  log rows; `quiet` stops that. The end of its input closes the cache and ends it.
+  log rows; `quiet` stops that. The end of its input closes the cache and ends it. With
+  `SQLCACHE_BENCH_URL` in its environment (`peers.WRITER_URL`), its disk tier is that PostgreSQL
+  database instead, as another host's would be.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 from typing import Any, Callable
 
 from . import data
+from .peers import WRITER_URL
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where `benchmarks` is importable
@@ -103,7 +106,10 @@ async def writer(directory: str) -> None:
 
     commands = await _read_commands()
     churn: asyncio.Task[None] | None = None
-    async with CacheManager({"disk_cache_dir": directory, "default_ttl": 0}) as cache:
+    config: dict[str, Any] = {"disk_cache_dir": directory, "default_ttl": 0}
+    if os.environ.get(WRITER_URL):
+        config["disk_cache_url"] = os.environ[WRITER_URL]
+    async with CacheManager(config) as cache:
 
         async def keep_setting(prefix: str, every: float) -> None:
             for i in range(10**9):
@@ -145,11 +151,11 @@ class Child:
         self._process = process
 
     @classmethod
-    async def start(cls, *args: str) -> "Child":
-        """Start `python -m benchmarks.child ARGS...` beside this package."""
+    async def start(cls, *args: str, env: dict[str, str] | None = None) -> "Child":
+        """Start `python -m benchmarks.child ARGS...` beside this package, `env` added to its environment."""
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "benchmarks.child", *args,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=_ROOT,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=_ROOT, env={**os.environ, **(env or {})},
         )
         return cls(process)
 

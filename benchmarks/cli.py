@@ -2,7 +2,8 @@
 
 Writes `<out>/latest.md`, `latest.json` and `latest.png` (default `benchmarks/results/`).
 Peers that are not installed are skipped with a note; so is Redis when no `redis-server`
-binary is on the PATH. Nothing here asserts a time: the targets are reported, not enforced.
+binary is on the PATH, and PostgreSQL when no server can be started (`pg_server`). Nothing here
+asserts a time: the targets are reported, not enforced.
 """
 
 from __future__ import annotations
@@ -20,12 +21,16 @@ from pathlib import Path
 
 from . import data, measure, report, targets
 from .context import SCALES, Context
-from .peers import RedisPeer
+from .peers import OnPostgres, RedisPeer
+from .pg_server import PostgresCluster
 from .redis_server import RedisServer
 from .workloads import WORKLOADS
 
 RESULTS = Path(__file__).resolve().parent / "results"
-LIBRARIES = ("sqlcache", "aiosqlite", "cachetools", "orjson", "diskcache", "cashews", "aiocache", "redis")
+LIBRARIES = ("sqlcache", "aiosqlite", "cachetools", "orjson", "diskcache", "cashews", "aiocache", "redis", "asyncpg",
+             "pgserver")
+POSTGRES_WORKLOAD = "postgresql"
+POSTGRES_FAMILIES = {"sqlcache", "asyncpg"}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -38,7 +43,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         choices=[w.name for w in WORKLOADS if w.run is not None], help="run only these workloads")
     parser.add_argument("--peers", action="append", metavar="FAMILY",
                         help="run only these peer families (sqlcache, diskcache, cachetools, cashews, aiocache, "
-                             "redis, sqlite3, aiosqlite)")
+                             "redis, sqlite3, aiosqlite, asyncpg)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for latest.md/.json/.png")
     return parser.parse_args(argv)
 
@@ -77,12 +82,14 @@ def run(args: argparse.Namespace) -> Path:
     with tempfile.TemporaryDirectory(prefix="sqlcache-bench-") as scratch:
         ctx = Context(SCALES[args.scale], Path(scratch), only=args.peers)
         wanted = importlib.util.find_spec("redis") is not None and (not args.peers or "redis" in args.peers)
-        with RedisServer(Path(scratch) / "redis", enabled=wanted) as server:
+        with RedisServer(Path(scratch) / "redis", enabled=wanted) as server, \
+                PostgresCluster(enabled=_wants_postgres(args)) as cluster:
             RedisPeer.address = server.address
+            OnPostgres.cluster = cluster if cluster.server is not None else None
             try:
                 asyncio.run(_run_workloads(ctx, set(args.only or ())))
             finally:
-                RedisPeer.address = None
+                RedisPeer.address = OnPostgres.cluster = None
     meta = {
         "command": " ".join(["python -m benchmarks", *_argv(args)]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -93,7 +100,7 @@ def run(args: argparse.Namespace) -> Path:
         "versions": _versions(),
     }
     outcomes = targets.evaluate(ctx.rows)
-    notes = [*ctx.notes.values(), server.note]  # a skipped Redis peer points at the server note below
+    notes = [*ctx.notes.values(), server.note, cluster.note]  # a skipped peer points at its server's note
     args.out.mkdir(parents=True, exist_ok=True)
     chart_note = report.chart(ctx.rows, WORKLOADS, args.out / "latest.png")
     if chart_note:
@@ -102,6 +109,13 @@ def run(args: argparse.Namespace) -> Path:
     (args.out / "latest.md").write_text(markdown + "\n", encoding="utf-8")
     (args.out / "latest.json").write_text(report.to_json(meta, ctx.rows, outcomes) + "\n", encoding="utf-8")
     return args.out / "latest.md"
+
+
+def _wants_postgres(args: argparse.Namespace) -> bool:
+    """Whether this run has PostgreSQL rows to measure (the server takes a few seconds to start)."""
+    workload = not args.only or POSTGRES_WORKLOAD in args.only
+    families = not args.peers or bool(POSTGRES_FAMILIES & set(args.peers))
+    return workload and families
 
 
 def _argv(args: argparse.Namespace) -> list[str]:

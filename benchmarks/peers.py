@@ -22,6 +22,8 @@ from .data import Item
 GiB = 1024**3
 UNBOUNDED_BYTES = 64 * GiB
 LOAD_CHUNK = 1_000
+WRITER_URL = "SQLCACHE_BENCH_URL"
+"""Environment variable giving `child.py writer` the PostgreSQL URL (kept off its command line)."""
 
 
 class Unsupported(Exception):
@@ -140,6 +142,10 @@ class SqlcachePeer(Peer):
     async def invalidate_prefix(self, prefix: str) -> int:
         return await self._cache.invalidate_by_pattern(re.escape(prefix) + ".*")
 
+    def writer_env(self) -> dict[str, str]:
+        """Environment of a `child.py writer` on this cache's disk tier (beside its directory)."""
+        return {}
+
     @property
     def sync_interval(self) -> float:
         """Seconds within which this cache sees another process's change (its configuration)."""
@@ -219,6 +225,121 @@ class SqlcacheBesideWriter(SqlcachePeer):
             await self._writer.stop()
             self._writer = None
         await super().close()
+
+
+# ---------------------------------------------------------------------------- PostgreSQL
+
+
+class OnPostgres:
+    """A peer on a database of its own on the harness's PostgreSQL server (see `pg_server`)."""
+
+    cluster: Any = None
+    """Set by the harness once it has started a server (a `pg_server.PostgresCluster`)."""
+
+    @classmethod
+    def missing(cls) -> str | None:
+        return super().missing() or (None if cls.cluster else "no PostgreSQL server (see the note below)")  # type: ignore[misc]
+
+
+class SqlcachePgPeer(OnPostgres, SqlcachePeer):
+    """sqlcache with its disk tier on PostgreSQL (`disk_cache_url`); `durability` as configured."""
+
+    requires = ("sqlcache", "asyncpg")
+
+    def __init__(self, label: str, *, durability: str = "normal", **settings: Any):
+        super().__init__(label, **settings)
+        self._settings["durability"] = durability
+
+    async def open(self, directory: Path) -> None:
+        self._settings["disk_cache_url"] = self.url = self.cluster.create_database()
+        await super().open(directory)
+
+    def writer_env(self) -> dict[str, str]:
+        return {WRITER_URL: self.url}
+
+
+class AsyncpgFloor(SqlcachePgPeer):
+    """Floor: sqlcache's table, filled through sqlcache, then read by one raw asyncpg `fetchrow`
+    of sqlcache's own point query (`_postgres.READ_ONE`, by the key index) on a connection of
+    its own, no decoding. What a disk hit costs if the cache around the SQL cost nothing."""
+
+    family = "asyncpg"
+
+    def __init__(self, label: str = "floor: raw asyncpg fetchrow on sqlcache's table"):
+        super().__init__(label, memory_max_size=0)
+        self._connection: Any = None
+
+    async def reopen(self) -> None:
+        """Close the manager (its writes committed) and connect with asyncpg alone."""
+        import asyncpg
+
+        await self.close()
+        self._connection = await asyncpg.connect(self.url)
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+        else:
+            await super().close()
+
+    async def get(self, key: str) -> Any:
+        from sqlcache._postgres import READ_ONE
+
+        if self._connection is None:
+            return await super().get(key)
+        return await self._connection.fetchrow(READ_ONE, key)
+
+
+_KV_SCHEMA = "CREATE TABLE IF NOT EXISTS kv (key text PRIMARY KEY, value bytea NOT NULL)"
+_KV_GET = "SELECT value FROM kv WHERE key = $1"
+_KV_PUT = "INSERT INTO kv (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+
+
+class AsyncpgUpserts(OnPostgres, Peer):
+    """What a caller writes without a cache: one upsert of the value's bytes (orjson) into a plain
+    key-value table, `pool.execute` on an asyncpg pool of `connections` (asyncpg's defaults
+    otherwise), each its own transaction and commit; `synchronous_commit` as given."""
+
+    family = "asyncpg"
+    requires = ("asyncpg", "orjson")
+
+    def __init__(self, label: str, *, synchronous_commit: str, connections: int):
+        super().__init__(label)
+        self._settings = {"synchronous_commit": synchronous_commit}
+        self._connections = connections
+        self._pool: Any = None
+        self.url = ""
+
+    async def open(self, directory: Path) -> None:
+        self.url = self.cluster.create_database()
+        await super().open(directory)
+
+    async def _open(self) -> None:
+        import asyncpg
+
+        self._pool = await asyncpg.create_pool(
+            self.url, min_size=self._connections, max_size=self._connections, server_settings=self._settings
+        )
+        await self._pool.execute(_KV_SCHEMA)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def get(self, key: str) -> Any:
+        return await self._pool.fetchval(_KV_GET, key)
+
+    async def set(self, key: str, value: Any, tags: tuple[str, ...] = ()) -> None:
+        import orjson
+
+        await self._pool.execute(_KV_PUT, key, orjson.dumps(value))
+
+    async def load(self, items: Iterable[Item]) -> None:
+        import orjson
+
+        for chunk in data.chunks(items, LOAD_CHUNK):
+            async with self._pool.acquire() as connection, connection.transaction():
+                await connection.executemany(_KV_PUT, [(key, orjson.dumps(value)) for key, value, _ in chunk])
 
 
 # ---------------------------------------------------------------------------- diskcache

@@ -1,4 +1,5 @@
-"""Issue 11's ten targets, each a ratio of rows measured in the same run on the same machine.
+"""Issue 11's ten targets and issue 12's three (the PostgreSQL store, numbered 12.1 to 12.3),
+each a ratio of rows (or a figure) measured in the same run on the same machine.
 
 A single caller's cost is its median latency; many callers' cost is wall time per operation
 (`Stats.cost_ns`). Every ratio is written so that the target reads "measured <= limit" or
@@ -19,6 +20,9 @@ from .measure import STALL_LIMIT_MS, Stats
 
 ZIPF_STRATEGIES = ("lru", "lfu", "fifo")
 RSS_LIMIT = 2.0
+PG_HIT_LIMIT = 1.3  # issue 12: a disk hit at most 1.3x one raw asyncpg fetchrow
+PG_SETS_LIMIT = 3.0  # issue 12: 64 concurrent sets at least 3x 64 callers' own upserts
+PG_COHERENCE_P99_S = 0.1  # issue 12: cross-process coherence p99 at most 0.1 s
 
 
 @dataclass(frozen=True)
@@ -152,8 +156,37 @@ def _coherence(rows: Sequence[Row]) -> Outcome:
     return Outcome("10a", target, measured, stats.p99_ns <= (bound + w.POLL_S) * 1e9)
 
 
+def _pg_coherence(rows: Sequence[Row]) -> Outcome:
+    """Target 12.3: as 10a, between two processes on one PostgreSQL database, held to issue 12's
+    fixed 0.1 s."""
+    row = find_row(rows, "postgresql_coherence", w.PG_COHERENCE)
+    target = (f"issue 12, PostgreSQL: cross-process coherence, two real processes on one database: p99 within "
+              f"{PG_COHERENCE_P99_S:g} s")
+    if row is None or row.stats is None:
+        return _missing("12.3", target)
+    stats = row.stats
+    measured = (f"p50 {stats.median_ns / 1e6:.1f} ms, p99 {stats.p99_ns / 1e6:.1f} ms, worst "
+                f"{row.extra['worst_ns'] / 1e6:.1f} ms over {stats.count} changes")
+    return Outcome("12.3", target, measured, stats.p99_ns <= PG_COHERENCE_P99_S * 1e9)
+
+
+def _postgresql(rows: Sequence[Row]) -> list[Outcome]:
+    """Issue 12's targets for the PostgreSQL store."""
+    f = functools.partial(find, rows)
+    sets = "issue 12, PostgreSQL: 64 concurrent sets at least 3× the throughput of 64 callers each committing its own asyncpg upsert"
+    return [
+        _at_most("12.1", "issue 12, PostgreSQL: disk hit at most 1.3× one raw asyncpg fetchrow of the same row",
+                 f("postgresql", w.PG_DISK), f("postgresql", w.PG_FETCHROW), PG_HIT_LIMIT),
+        _at_least("12.2a", f"{sets} (durability normal; synchronous_commit off on both sides)",
+                  f("postgresql_set_64", w.PG_RAW), f("postgresql_set_64", w.PG_SET), PG_SETS_LIMIT),
+        _at_least("12.2b", f"{sets} (durability full; synchronous_commit on on both sides)",
+                  f("postgresql_set_64", w.PG_RAW_FULL), f("postgresql_set_64", w.PG_SET_FULL), PG_SETS_LIMIT),
+        _pg_coherence(rows),
+    ]
+
+
 def evaluate(rows: Sequence[Row]) -> list[Outcome]:
-    """Every target of the issue, in its order."""
+    """Every target of issue 11, in its order, then issue 12's."""
     f = functools.partial(find, rows)
     fifo = f("strategy_hit", w.strategy_label("fifo"))
     return [
@@ -185,4 +218,5 @@ def evaluate(rows: Sequence[Row]) -> list[Outcome]:
         _at_most("10b", "a memory hit under the new check (another process writing) stays within target 1 (≤ 2× "
                         "cachetools, same time)",
                  f("coherence", w.COHERENCE_HIT), f("coherence", w.COHERENCE_CACHETOOLS), 2.0),
+        *_postgresql(rows),
     ]

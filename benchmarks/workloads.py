@@ -21,6 +21,8 @@ from .context import Context
 from .peers import (
     AiocachePeer,
     AiosqliteFloor,
+    AsyncpgFloor,
+    AsyncpgUpserts,
     CashewsPeer,
     CachetoolsPeer,
     DiskcachePeer,
@@ -29,6 +31,7 @@ from .peers import (
     SqlcacheBesideWriter,
     SqlcacheFileFloor,
     SqlcachePeer,
+    SqlcachePgPeer,
     SqliteFloor,
     Unsupported,
 )
@@ -52,6 +55,15 @@ RSS_SQLCACHE_DISK = "sqlcache (memory tier; disk tier on)"
 COHERENCE = "sqlcache (default sync_interval), another process setting the key"
 COHERENCE_HIT = "sqlcache (memory tier), another process writing other keys"
 COHERENCE_CACHETOOLS = "cachetools LRUCache (awaited bare get), same time"
+PG_DISK = "sqlcache on PostgreSQL (disk tier: memory_max_size=0)"
+PG_FETCHROW = "floor: raw asyncpg fetchrow on sqlcache's table"
+PG_SET = "sqlcache on PostgreSQL (durability normal: synchronous_commit off)"
+PG_RAW = "raw asyncpg: pool.execute of its own upsert each (synchronous_commit off)"
+PG_SET_FULL = "sqlcache on PostgreSQL (durability full: synchronous_commit on)"
+PG_RAW_FULL = "raw asyncpg: pool.execute of its own upsert each (synchronous_commit on)"
+PG_COHERENCE = "sqlcache on PostgreSQL (default sync_interval), another process setting the key"
+PG_SET_OP = "set (64 callers)"
+PG_SET_FLUSHED_OP = "set (64 callers), commit flushed to disk"
 
 WRITE_SHARE = 0.1  # of the Zipf mix's operations
 POLL_S = 0.001  # how often the coherence workload reads the key another process changed
@@ -387,13 +399,13 @@ async def memory_rss(ctx: Context) -> None:
 # ---------------------------------------------------------------------------- other processes
 
 
-async def _time_changes(ctx: Context, peer: Peer) -> None:
+async def _time_changes(ctx: Context, peer: Peer, workload: str = "coherence") -> None:
     """Another process sets a key this one holds in memory, `coherence_changes` times, each at
     a random point of the sync cycle; time from its set returning until this process's get
     stops returning the old value (reading every `POLL_S`)."""
     assert isinstance(peer, SqlcachePeer)
     key, bound_s = "coherence:watched", peer.sync_interval
-    writer = await Child.start("writer", str(peer.directory))
+    writer = await Child.start("writer", str(peer.directory), env=peer.writer_env())
     latencies: list[int] = []
     stalls = measure.StallMonitor()
     try:
@@ -414,7 +426,7 @@ async def _time_changes(ctx: Context, peer: Peer) -> None:
                 latencies.append(round((seen - committed) * 1e9))
     finally:
         await writer.stop()
-    ctx.record("coherence", peer, f"set in another process, until seen (sync_interval {bound_s:g} s)",
+    ctx.record(workload, peer, f"set in another process, until seen (sync_interval {bound_s:g} s)",
                measure.summarise(latencies, 0, stalls), bound_s=bound_s, worst_ns=max(latencies))
 
 
@@ -426,6 +438,33 @@ async def coherence(ctx: Context) -> None:
     keys = _keys(ctx.scale.ops, ctx.scale.keys)
     prepare = _loader(ctx.scale.keys, reopen=False, check=keys[0])
     await _interleaved(ctx, "coherence", "get", peers, prepare, _getter(keys), len(keys))
+
+
+# ---------------------------------------------------------------------------- PostgreSQL
+
+
+async def postgresql(ctx: Context) -> None:
+    """Issue 12's rows: the disk tier on the harness's PostgreSQL server beside raw asyncpg on the
+    same server (and Redis): a disk hit against one `fetchrow` of the same row; 64 concurrent
+    sets against 64 callers each committing its own upsert, at each durability; how soon
+    another process sees a change."""
+    keys = _keys(ctx.scale.ops, ctx.scale.keys)
+    hits = [SqlcachePgPeer(PG_DISK, memory_max_size=0), AsyncpgFloor(PG_FETCHROW), RedisPeer()]
+    await _interleaved(ctx, "postgresql", "get (1 caller)", hits, _loader(ctx.scale.keys, check=keys[0]),
+                       _getter(keys), len(keys))
+    callers = ctx.scale.concurrency
+    indices = data.random_indices(ctx.scale.write_ops, ctx.scale.keys, seed=9)
+    entries = [next(data.items(i, i + 1)) for i in indices]
+    for op, peers in (
+        (PG_SET_OP, [SqlcachePgPeer(PG_SET), AsyncpgUpserts(PG_RAW, synchronous_commit="off", connections=callers),
+                     RedisPeer()]),
+        (PG_SET_FLUSHED_OP, [SqlcachePgPeer(PG_SET_FULL, durability="full"),
+                             AsyncpgUpserts(PG_RAW_FULL, synchronous_commit="on", connections=callers)]),
+    ):
+        await _interleaved(ctx, "postgresql_set_64", op, peers, _loader(ctx.scale.keys), _setter(entries),
+                           len(entries), callers)
+    await ctx.for_each("postgresql_coherence", [SqlcachePgPeer(PG_COHERENCE)],
+                       functools.partial(_time_changes, ctx, workload="postgresql_coherence"))
 
 
 WORKLOADS = [
@@ -466,5 +505,18 @@ WORKLOADS = [
              f"returning the new value (read every {POLL_S * 1e3:g} ms). Then memory hits while the other process "
              f"sets other keys every {CHURN_EVERY_S * 1e3:g} ms, so every coherence check finds new log rows, "
              "interleaved with a bare cachetools get.", coherence),
+    Workload("postgresql", "PostgreSQL: disk-tier hit, 1 caller",
+             "The disk tier on a PostgreSQL server the harness starts (127.0.0.1, TCP, fsync on); memory_max_size=0, "
+             "so every get is a round trip. Beside it, on the same server: one raw asyncpg fetchrow of sqlcache's own "
+             "point query on its table (no decoding), and Redis.", postgresql),
+    Workload("postgresql_set_64", "PostgreSQL: 64 concurrent sets",
+             "64 tasks setting at once (refreshes of stored entries, each with its tag); each returns once committed. "
+             "sqlcache: group commit, at each durability; raw asyncpg: 64 callers each committing its own upsert of "
+             "the value's bytes into a plain key-value table (no tags), on a pool of 64 connections, with the same "
+             "synchronous_commit; Redis: AOF everysec, not durable per set.", None),
+    Workload("postgresql_coherence", "PostgreSQL: cross-process coherence",
+             "Two real processes (separate cache directories, one database: two hosts): the other process sets a key "
+             "this one holds in memory, at a random point of the sync cycle; time from that set returning to this "
+             f"process's get returning the new value (read every {POLL_S * 1e3:g} ms).", None),
 ]
 """In report order."""

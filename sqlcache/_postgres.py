@@ -7,9 +7,12 @@ submitted while one is in flight as the next batch). Nothing runs in a thread. a
 connections belong to the loop that made them: a manager used from a new loop reconnects.
 
 The write algorithm is SQLite's, `sqlcache._plan.write_batch`; this module gives it its
-statements (`STATEMENTS`, by the plan's names) and an async driver (`_run_plan`) with two steps
-of its own: pattern deletions apply the regex in Python (below), and the plan's closing
-`last_seq` also sends the wake-up of other hosts (`LAST_SEQ_AND_NOTIFY`).
+statements (`STATEMENTS`, by the plan's names) and an async driver (`_run_plan`) with steps of
+its own, all to save round trips but one: the puts of a batch go as one statement (`_PutBuffer`);
+the log statement also trims the log, sends the wake-up of other hosts and reads what the plan
+asks next, the log position and the size (`_LogAnswers`); pattern deletions apply the regex in
+Python (below). A batch of sets is then four round trips: begin with the write lock, the puts,
+the log, the commit.
 
 Writes are serialised per database by a transaction-scoped advisory lock, taken first thing in
 every write transaction (`BEGIN_WRITE`), as SQLite serialises its writers. That one choice
@@ -205,30 +208,48 @@ STATEMENTS = {
         ORDER BY coalesce(stale_until, expires_at) LIMIT $1""",
     "delete_id": "DELETE FROM entries WHERE id = $1",
     # Append to the log other hosts read to drop stale memory copies: max+1.. under the write
-    # lock, so positions are gapless in commit order (the trim keeps the newest rows). Columnar.
+    # lock, so positions are gapless in commit order. Columnar ($1-$4), and in the same round trip
+    # what the plan asks next (see `_LogAnswers`): trim the log to its newest $5 rows (the rows
+    # appended here are not in the statement's snapshot, so they stay), send the wake-up of every
+    # session LISTENing on this database on channel $6 (delivered at commit: `origin first last`
+    # of these rows, origin $7), and return those positions and the size (`read_size`: the
+    # entries this batch wrote are counted, their triggers ran with the statement before). With
+    # the tags of the puts just written, as `INSERT_TAGS_BY_KEY` ($8 tags, $9 keys; see `_PutBuffer`).
     "log_changes": """
-        INSERT INTO invalidations (seq, origin, kind, arg, logged_at)
-        SELECT last.seq + r.n, r.origin, r.kind, r.arg, r.logged_at
-        FROM (SELECT coalesce(max(seq), 0) AS seq FROM invalidations) AS last,
-             unnest($1::text[], $2::text[], $3::text[], $4::double precision[])
-                 WITH ORDINALITY AS r (origin, kind, arg, logged_at, n)""",
+        WITH last AS (SELECT coalesce(max(seq), 0)::bigint AS seq FROM invalidations),
+        tagged AS (
+            INSERT INTO tags (tag, entry_id)
+            SELECT t.tag, e.id FROM unnest($8::text[], $9::text[]) AS t (tag, key) JOIN entries AS e ON e.key = t.key
+            ON CONFLICT DO NOTHING),
+        appended AS (
+            INSERT INTO invalidations (seq, origin, kind, arg, logged_at)
+            SELECT last.seq + r.n, r.origin, r.kind, r.arg, r.logged_at
+            FROM last, unnest($1::text[], $2::text[], $3::text[], $4::double precision[])
+                 WITH ORDINALITY AS r (origin, kind, arg, logged_at, n)),
+        reached AS (SELECT seq + 1 AS first, seq + cardinality($1::text[]) AS last FROM last),
+        trimmed AS (DELETE FROM invalidations WHERE seq <= (SELECT last FROM reached) - $5::bigint)
+        SELECT reached.first, reached.last, size.entries, size.bytes,
+               pg_notify($6, $7 || ' ' || reached.first || ' ' || reached.last)
+        FROM reached, (SELECT coalesce(sum(entries), 0)::bigint AS entries,
+                              coalesce(sum(bytes), 0)::bigint AS bytes FROM counters) AS size""",
     "read_log_since": READ_CHANGES,
     "last_seq": READ_LAST_SEQ,
     # Forget the oldest log rows, by the primary key (a prefix of the sequence, so no holes).
     "trim_log": "DELETE FROM invalidations WHERE seq <= $1",
 }
 
-# Which parameters of a plan statement (by position in a row) are keys, tags or log arguments,
-# and which column of its result is: text that goes through `to_db` / `from_db` (NUL escaped).
-TEXT_PARAMS = {"record_reads": 2, "touch_entry": 2, "delete_key": 0, "delete_tag": 0, "log_changes": 2}
+# Which parameters of a plan statement (by position in a row) are keys, tags or log arguments
+# (`log_changes`: its third, see `_LogAnswers`), and which column of its result is: text that
+# goes through `to_db` / `from_db` (NUL escaped).
+TEXT_PARAMS = {"record_reads": 2, "touch_entry": 2, "delete_key": 0, "delete_tag": 0}
 TEXT_RESULTS = {
     "touch_entry": 0, "delete_key": 0, "delete_tag": 0, "delete_all": 0, "read_log_since": 3,
     "victims_lru": 1, "victims_lfu": 1, "victims_fifo": 1, "victims_ttl": 1,
 }
 
 # The plan's `many` statements written as one statement over arrays (a parameter per column of
-# the plan's rows) rather than run once per row.
-COLUMNAR = frozenset({"record_reads", "log_changes"})
+# the plan's rows) rather than run once per row (`log_changes` too, by `_LogAnswers.append`).
+COLUMNAR = frozenset({"record_reads"})
 
 # The plan's pattern deletions, in two steps, since PostgreSQL's `~` is not Python's `re`: the
 # keys in the range of the literal prefix (by the key index, "C" collation) or every key, then,
@@ -238,7 +259,8 @@ ALL_KEYS = "SELECT id, key FROM entries"
 DELETE_IDS = "DELETE FROM entries WHERE id = ANY($1::bigint[]) RETURNING key, expires_at"
 
 # A run of the plan's `upsert_entry`s (each with its `set_stale_until`, if any) as one statement
-# (keys unique within it), and their `insert_tag`s as another, by key (see `_PutBuffer`).
+# (keys unique within it), and their `insert_tag`s as another, by key, unless they go with the
+# log statement that follows (see `_PutBuffer`).
 UPSERT_ENTRIES = """
 INSERT INTO entries (key, value, codec, size, tags, created_at, expires_at, stale_until)
 SELECT * FROM unnest($1::text[], $2::bytea[], $3::smallint[], $4::integer[], $5::text[],
@@ -252,14 +274,6 @@ INSERT INTO tags (tag, entry_id)
 SELECT t.tag, e.id FROM unnest($1::text[], $2::text[]) AS t (tag, key) JOIN entries AS e ON e.key = t.key
 ON CONFLICT DO NOTHING
 """
-
-# The plan's closing `last_seq` in a batch that logged changes, with the wake-up of every session
-# LISTENing on this database, delivered at commit: `origin first last` of this batch's rows.
-LAST_SEQ_AND_NOTIFY = """
-WITH last AS (SELECT coalesce(max(seq), 0)::bigint AS seq FROM invalidations)
-SELECT seq, pg_notify($1, $2 || ' ' || (seq - $3 + 1) || ' ' || seq) FROM last
-"""
-
 
 _MIGRATION_FILE = re.compile(r"(\d+)_\w+\.sql")
 
@@ -611,7 +625,21 @@ class PostgresStore:
     async def _write_batch(
         self, connection: Any, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float
     ) -> WriteResult:
+        """Begin (`BEGIN_WRITE`), run the plan, commit. BEGIN is sent first and answered while the
+        plan runs up to its first statement (its puts are buffered: see `_PutBuffer`), so the
+        server takes the write lock while this process prepares the batch's rows."""
         plan = _plan.write_batch(ops, reads, now=now, origin=self._origin, max_bytes=self.max_bytes, strategy=self._strategy)
+        begun = asyncio.ensure_future(self._begin(connection))
+        await asyncio.sleep(0)  # the loop's turn in which `begun` sends BEGIN
+        try:
+            result = await self._run_plan(connection, plan, begun)
+            await connection.execute(COMMIT)
+        except BaseException:
+            await self._abandon(connection, begun)
+            raise
+        return result
+
+    async def _begin(self, connection: Any) -> None:
         try:
             await connection.execute(BEGIN_WRITE)
         except Exception as error:
@@ -619,44 +647,51 @@ class PostgresStore:
                 raise
             connection.terminate()
             raise _DroppedWhileIdle(str(error)) from None
-        try:
-            result = await self._run_plan(connection, plan)
-            await connection.execute(COMMIT)
-        except BaseException:
-            if connection.is_in_transaction():
-                try:
-                    await connection.execute(ROLLBACK)
-                except Exception:
-                    connection.terminate()  # cut off mid-statement: the server rolls back
-            raise
-        return result
 
-    async def _run_plan(self, db: Any, plan: _plan.Plan[T]) -> T:
-        """The plan's driver (`_plan.run` with `await`). Consecutive puts are combined (see
-        `_PutBuffer`); the log rows are counted for the wake-up."""
-        logged = 0
+    async def _abandon(self, connection: Any, begun: asyncio.Future[None]) -> None:
+        """Roll back a write that failed, once its BEGIN has been answered (the connection takes
+        one statement at a time); a connection cut off mid-statement is terminated instead."""
+        try:
+            await asyncio.wait([begun])
+        except BaseException:
+            connection.terminate()
+            raise
+        if not begun.cancelled():
+            begun.exception()  # seen here if the plan failed before it awaited `begun`
+        if connection.is_in_transaction():
+            try:
+                await connection.execute(ROLLBACK)
+            except Exception:
+                connection.terminate()  # the server rolls back
+
+    async def _run_plan(self, db: Any, plan: _plan.Plan[T], begun: asyncio.Future[None]) -> T:
+        """The plan's driver (`_plan.run` with `await`), its first statement sent once `begun`
+        (the transaction's start) is done. Consecutive puts are combined (see `_PutBuffer`); what
+        the log statement already read is answered without a round trip (see `_LogAnswers`)."""
         puts = _PutBuffer()
+        logged = _LogAnswers(self._origin)
         try:
             query = next(plan)
             while True:
-                if query.name in _PutBuffer.NAMES:
+                rows = logged.answer(query)
+                if rows is None and query.name in _PutBuffer.NAMES:
                     rows = puts.add(query)
-                else:
-                    await puts.flush(db)
+                elif rows is None:
+                    await begun
+                    await puts.flush(db, before=query.name)
                     if query.name == "log_changes":
-                        logged += len(query.params)
-                    rows = await self._execute(db, query, logged)
+                        rows = await logged.append(db, query.params, puts.take_tags())
+                    else:
+                        rows = await self._execute(db, query)
                 query = plan.send(rows)
         except StopIteration as done:
-            await puts.flush(db)
+            await begun
+            await puts.flush(db, before="commit")
             return done.value
 
-    async def _execute(self, db: Any, query: _plan.Query, logged: int) -> list[Any]:
+    async def _execute(self, db: Any, query: _plan.Query) -> list[Any]:
         if query.name in ("delete_pattern_in_range", "delete_pattern_anywhere"):
             return await self._delete_pattern(db, *query.params)
-        if query.name == "last_seq" and logged:
-            [(seq, _)] = await db.fetch(LAST_SEQ_AND_NOTIFY, CHANNEL, self._origin, logged)
-            return [(seq,)]
         sql, params = STATEMENTS[query.name], query.params
         if query.name in TEXT_PARAMS:
             index = TEXT_PARAMS[query.name]
@@ -693,8 +728,8 @@ class PostgresStore:
 
 class _PutBuffer:
     """The plan's `upsert_entry`, `set_stale_until` and `insert_tag` queries of a run of puts
-    (single sets, `set_many`'s `PutMany`), sent as two statements instead of a round trip each
-    (64 sets: 2 round trips, not 64 or more).
+    (single sets, `set_many`'s `PutMany`), sent as one statement instead of a round trip each,
+    and their tags with the next (64 sets: 1 round trip and a part of the log's, not 128).
 
     The plan needs an entry id back from each upsert only to give it to that entry's
     `set_stale_until` and `insert_tag`; so an upsert is answered at once with a placeholder (a
@@ -710,6 +745,7 @@ class _PutBuffer:
         self._rows: dict[str, list[Any]] = {}  # key -> UPSERT_ENTRIES columns of its last put
         self._tags: dict[str, list[str]] = {}  # key -> tags of its last put
         self._keys: list[str] = []  # placeholder -(i + 1) -> key
+        self._unwritten: list[list[str]] = [[], []]  # tags and keys of written entries, by key
 
     def add(self, query: _plan.Query) -> list[Any]:
         if query.name == "upsert_entry":
@@ -728,15 +764,64 @@ class _PutBuffer:
             self._tags[self._keys[-placeholder - 1]].append(tag)
         return []
 
-    async def flush(self, db: Any) -> None:
-        if not self._rows:
-            return
-        columns = list(zip(*(_text_in(row, 0) for row in self._rows.values())))
-        await db.execute(UPSERT_ENTRIES, *(list(column) for column in columns))
-        pairs = [(to_db(tag), to_db(key)) for key, tags in self._tags.items() for tag in tags]
-        if pairs:
-            await db.execute(INSERT_TAGS_BY_KEY, [tag for tag, _ in pairs], [key for _, key in pairs])
-        self._rows, self._tags, self._keys = {}, {}, []
+    async def flush(self, db: Any, before: str) -> None:
+        """Write the buffered puts before the plan's query `before`. Their tags go with it if it
+        is the log statement (`take_tags`), else by `INSERT_TAGS_BY_KEY` now."""
+        if self._rows:
+            columns = list(zip(*(_text_in(row, 0) for row in self._rows.values())))
+            await db.execute(UPSERT_ENTRIES, *(list(column) for column in columns))
+            pairs = [(to_db(tag), to_db(key)) for key, tags in self._tags.items() for tag in tags]
+            self._unwritten = [[tag for tag, _ in pairs], [key for _, key in pairs]]
+            self._rows, self._tags, self._keys = {}, {}, []
+        if self._unwritten[0] and before != "log_changes":
+            await db.execute(INSERT_TAGS_BY_KEY, *self.take_tags())
+
+    def take_tags(self) -> list[list[str]]:
+        """The tags (and their keys) of the entries written and not yet tagged; forgotten here."""
+        unwritten, self._unwritten = self._unwritten, [[], []]
+        return unwritten
+
+
+class _LogAnswers:
+    """The plan's `log_changes` as one statement that also does or reads what the plan asks after
+    it, and the answers to those queries without a round trip:
+    - `last_seq`: the position the log reached. Only `log_changes` appends to the log, under the
+      write lock, so it stays the newest for the rest of the batch;
+    - `trim_log`: the log statement trimmed it to its newest `LOG_KEEP_ROWS` rows, as the plan
+      then asks, unless the batch logged more than that (its own rows were not in the
+      statement's snapshot), and then the trim runs as asked;
+    - `read_size`, the query right after it in a batch that wrote entries: the size it read, if
+      nothing ran in between (the log statement changes no entry).
+    The wake-up of other hosts goes with it too (delivered at commit), and the tags of the puts
+    written just before it."""
+
+    def __init__(self, origin: str) -> None:
+        self._origin = origin
+        self._first = self._last = 0  # this batch's log rows; 0: none logged yet
+        self._size: tuple[int, int] | None = None  # what read_size would read now, if known
+
+    async def append(self, db: Any, rows: Sequence[tuple[str, str, str, float]], tags: list[list[str]]) -> list[Any]:
+        """Run the log statement for the plan's log `rows`, with the `tags` (and keys) of the
+        entries just written (`_PutBuffer.take_tags`)."""
+        columns = [list(column) for column in zip(*(_text_in(row, 2) for row in rows))]
+        [(first, last, entries, size, _)] = await db.fetch(
+            STATEMENTS["log_changes"], *columns, _plan.LOG_KEEP_ROWS, CHANNEL, self._origin, *tags
+        )
+        self._first, self._last, self._size = first, last, (entries, size)
+        return []
+
+    def answer(self, query: _plan.Query) -> list[Any] | None:
+        """The rows of `query` if known here; None: run it."""
+        size, self._size = self._size, None  # known for the next query only
+        if query.name == "read_size" and size is not None:
+            return [size]
+        if query.name == "last_seq" and self._last:
+            return [(self._last,)]
+        if query.name == "trim_log" and self._last:
+            [below] = query.params
+            if below <= self._last - _plan.LOG_KEEP_ROWS and below < self._first:
+                return []
+        return None
 
 
 _ESCAPES = str.maketrans({"\x01": "\x01\x02", "\x00": "\x01\x01"})
