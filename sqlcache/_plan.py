@@ -24,7 +24,8 @@ Statement names and their parameters (each engine's table gives every one):
 | delete_all | () | [(key, expires_at)] |
 | delete_expired | (now, limit) | [(size,)] (ended at `now`: stale window over, or expired without one) |
 | read_size | () | [(entries, bytes)] |
-| victims_lru / _lfu / _fifo / _ttl | (limit,) | [(id, key, size)] |
+| victims_lru / _lfu / _fifo / _ttl | (limit,) | [(id, key, size, count, used_at, written_at)] in (count, used_at) order |
+| catch_up_access | many (written_at, id) | - (accessed_at = max(accessed_at, written_at)) |
 | delete_id | many (id,) | - |
 | log_changes | many (origin, kind, arg, logged_at) | - |
 | read_log_since | (seq,) | [(seq, origin, kind, arg)] in seq order |
@@ -224,18 +225,44 @@ def _evict_if_over(now: float, written: set[str], max_bytes: int, strategy: Inva
         excess -= sum(freed)
     for victims in VICTIMS[strategy]:
         while excess > 0:
-            chosen = []
-            for entry_id, key, size in (yield Query(victims, (len(written) + EVICTION_CHUNK,))):
-                if key not in written:
-                    chosen.append((entry_id,))
-                    excess -= size
-                    if excess <= 0:
-                        break
-            if not chosen:
+            limit = len(written) + EVICTION_CHUNK
+            chosen, late = _choose((yield Query(victims, (limit,))), limit, written, excess)
+            if late:
+                yield Query("catch_up_access", late, many=True)
+            if chosen:
+                yield Query("delete_id", [(entry_id,) for entry_id, _ in chosen], many=True)
+                evicted += len(chosen)
+                excess -= sum(size for _, size in chosen)
+            elif not late:
                 break
-            yield Query("delete_id", chosen, many=True)
-            evicted += len(chosen)
     return expired, evicted
+
+
+def _choose(
+    rows: Sequence[tuple[int, str, int, int, float, float]], limit: int, written: set[str], excess: int
+) -> tuple[list[tuple[int, int]], list[tuple[float, int]]]:
+    """The victims among one query's candidates, in the strategy's exact order, freeing at least
+    `excess` bytes if they can; and the candidates whose stored recency lags behind a later set.
+
+    A candidate ranks by (count, max(used_at, written_at)); the query gives them in the order of
+    the stored (count, used_at), which a set does not update (migration 0006): an entry rewritten
+    since its last read ranks later than its index position says. Every entry the query did not
+    return ranks at or after the last candidate's stored order, so a candidate ranked up to there
+    is placed exactly; one ranked beyond it is not taken now but returned as (written_at, id), so
+    its `accessed_at` catches up with its write and the next query finds it where it belongs.
+    A query that returned fewer than `limit` rows returned every entry: all are placed."""
+    bound = (rows[-1][3], rows[-1][4]) if len(rows) >= limit else None
+    chosen: list[tuple[int, int]] = []
+    late: list[tuple[float, int]] = []
+    for entry_id, key, size, count, used_at, written_at in sorted(rows, key=lambda row: (row[3], max(row[4], row[5]))):
+        if excess <= 0:
+            break
+        if bound is not None and (count, max(used_at, written_at)) > bound:
+            late.append((written_at, entry_id))
+        elif key not in written:
+            chosen.append((entry_id, size))
+            excess -= size
+    return chosen, late
 
 
 def changes_from_log(rows: Sequence[tuple[int, str, str, str | None]], last_seq: int, origin: str) -> Changes:

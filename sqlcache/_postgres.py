@@ -156,8 +156,9 @@ STATEMENTS = {
         SET access_count = a.access_count + r.count, accessed_at = greatest(a.accessed_at, r.last)
         FROM entries AS e, unnest($1::bigint[], $2::double precision[], $3::text[]) AS r (count, last, key)
         WHERE e.key = r.key AND a.entry_id = e.id""",
-    # Insert an entry or replace the one under its key; the triggers keep the counters and access
-    # rows in step, keep a replaced entry's read statistics and drop its tag rows if they changed;
+    # Insert an entry or replace the one under its key; the triggers keep the counters in step,
+    # give a new entry its access row, leave a replaced entry's read statistics as they were (its
+    # write's use is its created_at: see the victim queries) and drop its tag rows if they changed;
     # a replaced entry's stale window ends. (The driver sends runs of these as `UPSERT_ENTRIES`.)
     "upsert_entry": """
         INSERT INTO entries (key, value, codec, size, tags, created_at, expires_at)
@@ -192,17 +193,25 @@ STATEMENTS = {
             ORDER BY coalesce(stale_until, expires_at) LIMIT $2)
         RETURNING size""",
     "read_size": READ_SIZE,
-    # Eviction candidates in the order each strategy gives them up, by the index serving it.
+    # Eviction candidates in the order each strategy gives them up, by the index serving it, as
+    # (id, key, size, count, used_at, written_at): the plan ranks them by (count, greatest(used_at,
+    # written_at)), since a set leaves `access` alone (migration 0004); FIFO and TTL store their
+    # whole order, so their written_at is their used_at.
     "victims_lru": """
-        SELECT e.id, e.key, e.size FROM access AS a JOIN entries AS e ON e.id = a.entry_id
+        SELECT e.id, e.key, e.size, 0::bigint, a.accessed_at, e.created_at
+        FROM access AS a JOIN entries AS e ON e.id = a.entry_id
         ORDER BY a.accessed_at LIMIT $1""",
     "victims_lfu": """
-        SELECT e.id, e.key, e.size FROM access AS a JOIN entries AS e ON e.id = a.entry_id
+        SELECT e.id, e.key, e.size, a.access_count, a.accessed_at, e.created_at
+        FROM access AS a JOIN entries AS e ON e.id = a.entry_id
         ORDER BY a.access_count, a.accessed_at LIMIT $1""",
-    "victims_fifo": "SELECT id, key, size FROM entries ORDER BY created_at LIMIT $1",
+    "victims_fifo": "SELECT id, key, size, 0::bigint, created_at, created_at FROM entries ORDER BY created_at LIMIT $1",
     "victims_ttl": """
-        SELECT id, key, size FROM entries WHERE expires_at IS NOT NULL
+        SELECT id, key, size, 0::bigint, coalesce(stale_until, expires_at), coalesce(stale_until, expires_at)
+        FROM entries WHERE expires_at IS NOT NULL
         ORDER BY coalesce(stale_until, expires_at) LIMIT $1""",
+    # A rewritten eviction candidate's write, stored as its last use (see `_plan._choose`).
+    "catch_up_access": "UPDATE access SET accessed_at = greatest(accessed_at, $1) WHERE entry_id = $2",
     "delete_id": "DELETE FROM entries WHERE id = $1",
     # Append to the log other hosts read to drop stale memory copies: max+1.. under the write
     # lock, so positions are gapless in commit order (the trim keeps the newest rows). Columnar.
