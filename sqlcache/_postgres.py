@@ -192,7 +192,13 @@ STATEMENTS = {
             WHERE expires_at IS NOT NULL AND coalesce(stale_until, expires_at) <= $1
             ORDER BY coalesce(stale_until, expires_at) LIMIT $2)
         RETURNING size""",
-    "read_size": READ_SIZE,
+    # Entry count and bytes, and when the soonest entry's life ends (NULL: none ever does), by
+    # the end-of-life index: eviction looks for expired entries only when there are some.
+    "read_fill": """
+        SELECT coalesce(sum(entries), 0)::bigint, coalesce(sum(bytes), 0)::bigint, (
+            SELECT coalesce(stale_until, expires_at) FROM entries WHERE expires_at IS NOT NULL
+            ORDER BY coalesce(stale_until, expires_at) LIMIT 1)
+        FROM counters""",
     # Eviction candidates in the order each strategy gives them up, by the index serving it, as
     # (id, key, size, count, used_at, written_at): the plan ranks them by (count, greatest(used_at,
     # written_at)), since a set leaves `access` alone (migration 0004); FIFO and TTL store their

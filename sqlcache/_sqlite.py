@@ -21,6 +21,11 @@ the event loop's thread, and only what can wait goes to the worker:
   checkpoint that did lets the next write start the WAL over (`journal_size_limit` then
   truncates the file).
 
+What a commit writes decides a set's cost (each page is a WAL frame): a refresh of an entry
+writes about three pages (its row, the log's newest page, now and then the log's oldest), not the
+seven it wrote while every set also moved the entry's access row, its recency index and the
+counters row (migration 0006; `_plan`'s docstring says how eviction stays exact without them).
+
 The worker is a one-thread `ThreadPoolExecutor` with its own connection, so no connection is
 ever used by two threads, and the executor belongs to no event loop: one store serves
 successive loops. The write algorithm itself is `_plan.write_batch`, shared with every engine;
@@ -178,7 +183,13 @@ STATEMENTS = {
             WHERE expires_at IS NOT NULL AND coalesce(stale_until, expires_at) <= ?
             ORDER BY coalesce(stale_until, expires_at) LIMIT ?)
         RETURNING size""",
-    "read_size": READ_SIZE,
+    # Entry count and bytes, and when the soonest entry's life ends (NULL: none ever does), by
+    # the end-of-life index: eviction looks for expired entries only when there are some.
+    "read_fill": """
+        SELECT entries, bytes, (
+            SELECT coalesce(stale_until, expires_at) FROM entries WHERE expires_at IS NOT NULL
+            ORDER BY coalesce(stale_until, expires_at) LIMIT 1)
+        FROM counters WHERE id = 1""",
     # Eviction candidates in the order each strategy gives them up, by the index serving it, as
     # (id, key, size, count, used_at, written_at): the plan ranks them by (count, max(used_at,
     # written_at)), since a set leaves `access` alone (migration 0006); FIFO and TTL store their
