@@ -81,7 +81,10 @@ class Side(str, enum.Enum):
     BUY = "buy"
 
 
-@pytest.mark.parametrize("value", [Color.RED, Size.SMALL, Side.BUY, uuid.UUID(int=7), [1, {"side": Side.BUY}]])
+@pytest.mark.parametrize("value", [
+    Color.RED, Size.SMALL, Side.BUY, uuid.UUID(int=7), [1, {"side": Side.BUY}],
+    {"rows": [[1, 2], [{"id": (3, uuid.UUID(int=7))}]]}, ({"a": 1}, [Size.SMALL]),
+])
 @pytest.mark.parametrize("level", list(CacheLevel))
 async def test_enum_and_uuid_values_are_refused_at_every_level(cache_dir, value, level):
     async with CacheManager(config(cache_dir)) as cache:
@@ -89,6 +92,15 @@ async def test_enum_and_uuid_values_are_refused_at_every_level(cache_dir, value,
         with pytest.raises(TypeError, match="JSON"):
             await cache.set("k", value, level=level)
         assert await cache.get("k") == "before"
+
+
+async def test_a_value_that_contains_itself_is_refused_not_walked_forever(cache_dir):
+    value: list = [1]
+    value.append({"self": value})
+    async with CacheManager(config(cache_dir)) as cache:
+        with pytest.raises(TypeError, match="JSON"):
+            await cache.set("k", value)
+        assert await cache.get("k") is None
 
 
 # ---------------------------------------------------------------- successive event loops
