@@ -8,6 +8,16 @@ algorithm is a generator in the style of sans-I/O protocol libraries: `write_bat
 store runs the plan with its own driver (`run` for a blocking DB-API connection; an async
 engine writes the same five-line loop with `await`).
 
+What a set writes, and what eviction reads. A set over an existing entry writes its row and a
+log row, nothing else: not its read statistics (`access`), and the counters and tag rows only
+when its size or tags changed (SQLite migration 0006, PostgreSQL 0004). A write still counts as
+the entry's latest use: LRU and LFU rank a candidate by (count, max(accessed_at, created_at)),
+and `_choose` keeps that order exact although the index walks the stored `accessed_at` (a
+candidate rewritten since its last read has its `accessed_at` caught up when it reaches the
+eviction front). The first victim query of an eviction reads about as many candidates as the
+excess needs (`VICTIM_SLACK`), and expired entries are looked for only when `read_fill` says one
+has ended. The log is trimmed every `LOG_TRIM_EVERY` rows, not on every set.
+
 Statement names and their parameters (each engine's table gives every one):
 
 | name | parameters | returns |
@@ -23,8 +33,9 @@ Statement names and their parameters (each engine's table gives every one):
 | delete_pattern_anywhere | (pattern,) | [(key, expires_at)] |
 | delete_all | () | [(key, expires_at)] |
 | delete_expired | (now, limit) | [(size,)] (ended at `now`: stale window over, or expired without one) |
-| read_size | () | [(entries, bytes)] |
-| victims_lru / _lfu / _fifo / _ttl | (limit,) | [(id, key, size)] |
+| read_fill | () | [(entries, bytes, soonest_end)] (soonest_end: the earliest coalesce(stale_until, expires_at), NULL if none) |
+| victims_lru / _lfu / _fifo / _ttl | (limit,) | [(id, key, size, count, used_at, written_at)] in (count, used_at) order |
+| catch_up_access | many (written_at, id) | - (accessed_at = max(accessed_at, written_at)) |
 | delete_id | many (id,) | - |
 | log_changes | many (origin, kind, arg, logged_at) | - |
 | read_log_since | (seq,) | [(seq, origin, kind, arg)] in seq order |
@@ -35,6 +46,7 @@ Statement names and their parameters (each engine's table gives every one):
 from __future__ import annotations
 
 import functools
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -65,17 +77,29 @@ from ._store import (
 T = TypeVar("T")
 
 LOG_KEEP_ROWS = 4096
-"""Invalidation-log rows kept; each batch trims the older ones. A process that falls further
-behind than this sees a gap and empties its memory tier (correct, only colder). At the
-`LOG_ARG_LIMIT` below the log stays under about 4096 x 1 KiB = 4 MiB, inside the 16 MiB slack
-of DESIGN.md's file bound."""
+"""Invalidation-log rows kept at least; the writes trim the older ones. A process that falls
+further behind than this sees a gap and empties its memory tier (correct, only colder). At the
+`LOG_ARG_LIMIT` below the log stays under about (4096 + 64) x 1 KiB, some 4 MiB, inside the
+16 MiB slack of DESIGN.md's file bound."""
+
+LOG_TRIM_EVERY = 64
+"""Log rows between two trims: the batch whose rows reach a multiple of 64 trims back to
+`LOG_KEEP_ROWS`. Trimming one row per set wrote the log's oldest page on every commit, one of
+the four pages a refresh writes (~50 rows of ~80 bytes fill a 4 KiB page, so 64 rows empty
+about one page per trim)."""
 
 LOG_ARG_LIMIT = 1024
 """Longest key, tag or pattern (in characters) logged as itself. A longer one is logged as
 'clear': other processes then empty their memory tiers, which is always correct."""
 
 EVICTION_CHUNK = 32
-"""Victim candidates read per query beyond the keys being written (which are never victims)."""
+"""Most victim candidates read per query beyond the keys being written (never victims)."""
+
+VICTIM_SLACK = 2
+"""Candidates read beyond the number of average-sized entries that would free the excess: the
+first query of an eviction reads that many (typically 3 for one set at the bound, not 32: each
+candidate costs about a microsecond), and each further round of the same eviction twice as many,
+up to `EVICTION_CHUNK`."""
 
 VICTIMS = {
     InvalidationStrategy.LRU: ("victims_lru",),
@@ -158,7 +182,7 @@ def write_batch(
         yield Query("log_changes", log, many=True)
     expired, evicted = (yield from _evict_if_over(now, written, max_bytes, strategy)) if written else (0, 0)
     [(seq,)] = yield Query("last_seq")
-    if log and seq > LOG_KEEP_ROWS:
+    if log and seq > LOG_KEEP_ROWS and (seq - len(log)) // LOG_TRIM_EVERY != seq // LOG_TRIM_EVERY:
         yield Query("trim_log", (seq - LOG_KEEP_ROWS,))
     return WriteResult(results, evicted=evicted, expired=expired, seq=seq, logged=len(log))
 
@@ -213,29 +237,57 @@ def _touches(kind: str, arg: str, key: str, tags: set[str]) -> bool:
 def _evict_if_over(now: float, written: set[str], max_bytes: int, strategy: InvalidationStrategy) -> Plan[tuple[int, int]]:
     """Bring the bytes back under `max_bytes`: expired entries first, then the strategy's
     victims, never an entry written in this batch. Returns (expired, evicted) counts."""
-    [(_, size)] = yield Query("read_size")
+    [(entries, size, soonest_end)] = yield Query("read_fill")
     excess = size - max_bytes
     expired = evicted = 0
-    while excess > 0:
+    while excess > 0 and soonest_end is not None and soonest_end <= now:
         freed = [size for (size,) in (yield Query("delete_expired", (now, EVICTION_CHUNK)))]
         if not freed:
             break
         expired += len(freed)
         excess -= sum(freed)
     for victims in VICTIMS[strategy]:
+        chunk = min(EVICTION_CHUNK, VICTIM_SLACK + math.ceil(excess * entries / size)) if excess > 0 else 0
         while excess > 0:
-            chosen = []
-            for entry_id, key, size in (yield Query(victims, (len(written) + EVICTION_CHUNK,))):
-                if key not in written:
-                    chosen.append((entry_id,))
-                    excess -= size
-                    if excess <= 0:
-                        break
-            if not chosen:
+            limit = len(written) + chunk
+            chosen, late = _choose((yield Query(victims, (limit,))), limit, written, excess)
+            chunk = min(EVICTION_CHUNK, 2 * chunk)  # a round that did not finish reads more next time
+            if late:
+                yield Query("catch_up_access", late, many=True)
+            if chosen:
+                yield Query("delete_id", [(entry_id,) for entry_id, _ in chosen], many=True)
+                evicted += len(chosen)
+                excess -= sum(size for _, size in chosen)
+            elif not late:
                 break
-            yield Query("delete_id", chosen, many=True)
-            evicted += len(chosen)
     return expired, evicted
+
+
+def _choose(
+    rows: Sequence[tuple[int, str, int, int, float, float]], limit: int, written: set[str], excess: int
+) -> tuple[list[tuple[int, int]], list[tuple[float, int]]]:
+    """The victims among one query's candidates, in the strategy's exact order, freeing at least
+    `excess` bytes if they can; and the candidates whose stored recency lags behind a later set.
+
+    A candidate ranks by (count, max(used_at, written_at)); the query gives them in the order of
+    the stored (count, used_at), which a set does not update (migration 0006): an entry rewritten
+    since its last read ranks later than its index position says. Every entry the query did not
+    return ranks at or after the last candidate's stored order, so a candidate ranked up to there
+    is placed exactly; one ranked beyond it is not taken now but returned as (written_at, id), so
+    its `accessed_at` catches up with its write and the next query finds it where it belongs.
+    A query that returned fewer than `limit` rows returned every entry: all are placed."""
+    bound = (rows[-1][3], rows[-1][4]) if len(rows) >= limit else None
+    chosen: list[tuple[int, int]] = []
+    late: list[tuple[float, int]] = []
+    for entry_id, key, size, count, used_at, written_at in sorted(rows, key=lambda row: (row[3], max(row[4], row[5]))):
+        if excess <= 0:
+            break
+        if bound is not None and (count, max(used_at, written_at)) > bound:
+            late.append((written_at, entry_id))
+        elif key not in written:
+            chosen.append((entry_id, size))
+            excess -= size
+    return chosen, late
 
 
 def changes_from_log(rows: Sequence[tuple[int, str, str, str | None]], last_seq: int, origin: str) -> Changes:

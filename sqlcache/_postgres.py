@@ -159,8 +159,9 @@ STATEMENTS = {
         SET access_count = a.access_count + r.count, accessed_at = greatest(a.accessed_at, r.last)
         FROM entries AS e, unnest($1::bigint[], $2::double precision[], $3::text[]) AS r (count, last, key)
         WHERE e.key = r.key AND a.entry_id = e.id""",
-    # Insert an entry or replace the one under its key; the triggers keep the counters and access
-    # rows in step, keep a replaced entry's read statistics and drop its tag rows if they changed;
+    # Insert an entry or replace the one under its key; the triggers keep the counters in step,
+    # give a new entry its access row, leave a replaced entry's read statistics as they were (its
+    # write's use is its created_at: see the victim queries) and drop its tag rows if they changed;
     # a replaced entry's stale window ends. (The driver sends runs of these as `UPSERT_ENTRIES`.)
     "upsert_entry": """
         INSERT INTO entries (key, value, codec, size, tags, created_at, expires_at)
@@ -194,25 +195,39 @@ STATEMENTS = {
             WHERE expires_at IS NOT NULL AND coalesce(stale_until, expires_at) <= $1
             ORDER BY coalesce(stale_until, expires_at) LIMIT $2)
         RETURNING size""",
-    "read_size": READ_SIZE,
-    # Eviction candidates in the order each strategy gives them up, by the index serving it.
+    # Entry count and bytes, and when the soonest entry's life ends (NULL: none ever does), by
+    # the end-of-life index: eviction looks for expired entries only when there are some.
+    "read_fill": """
+        SELECT coalesce(sum(entries), 0)::bigint, coalesce(sum(bytes), 0)::bigint, (
+            SELECT coalesce(stale_until, expires_at) FROM entries WHERE expires_at IS NOT NULL
+            ORDER BY coalesce(stale_until, expires_at) LIMIT 1)
+        FROM counters""",
+    # Eviction candidates in the order each strategy gives them up, by the index serving it, as
+    # (id, key, size, count, used_at, written_at): the plan ranks them by (count, greatest(used_at,
+    # written_at)), since a set leaves `access` alone (migration 0004); FIFO and TTL store their
+    # whole order, so their written_at is their used_at.
     "victims_lru": """
-        SELECT e.id, e.key, e.size FROM access AS a JOIN entries AS e ON e.id = a.entry_id
+        SELECT e.id, e.key, e.size, 0::bigint, a.accessed_at, e.created_at
+        FROM access AS a JOIN entries AS e ON e.id = a.entry_id
         ORDER BY a.accessed_at LIMIT $1""",
     "victims_lfu": """
-        SELECT e.id, e.key, e.size FROM access AS a JOIN entries AS e ON e.id = a.entry_id
+        SELECT e.id, e.key, e.size, a.access_count, a.accessed_at, e.created_at
+        FROM access AS a JOIN entries AS e ON e.id = a.entry_id
         ORDER BY a.access_count, a.accessed_at LIMIT $1""",
-    "victims_fifo": "SELECT id, key, size FROM entries ORDER BY created_at LIMIT $1",
+    "victims_fifo": "SELECT id, key, size, 0::bigint, created_at, created_at FROM entries ORDER BY created_at LIMIT $1",
     "victims_ttl": """
-        SELECT id, key, size FROM entries WHERE expires_at IS NOT NULL
+        SELECT id, key, size, 0::bigint, coalesce(stale_until, expires_at), coalesce(stale_until, expires_at)
+        FROM entries WHERE expires_at IS NOT NULL
         ORDER BY coalesce(stale_until, expires_at) LIMIT $1""",
+    # A rewritten eviction candidate's write, stored as its last use (see `_plan._choose`).
+    "catch_up_access": "UPDATE access SET accessed_at = greatest(accessed_at, $1) WHERE entry_id = $2",
     "delete_id": "DELETE FROM entries WHERE id = $1",
     # Append to the log other hosts read to drop stale memory copies: max+1.. under the write
     # lock, so positions are gapless in commit order. Columnar ($1-$4), and in the same round trip
     # what the plan asks next (see `_LogAnswers`): trim the log to its newest $5 rows (the rows
     # appended here are not in the statement's snapshot, so they stay), send the wake-up of every
     # session LISTENing on this database on channel $6 (delivered at commit: `origin first last`
-    # of these rows, origin $7), and return those positions and the size (`read_size`: the
+    # of these rows, origin $7), and return those positions and the fill (`read_fill`: the
     # entries this batch wrote are counted, their triggers ran with the statement before). With
     # the tags of the puts just written, as `INSERT_TAGS_BY_KEY` ($8 tags, $9 keys; see `_PutBuffer`).
     "log_changes": """
@@ -228,10 +243,13 @@ STATEMENTS = {
                  WITH ORDINALITY AS r (origin, kind, arg, logged_at, n)),
         reached AS (SELECT seq + 1 AS first, seq + cardinality($1::text[]) AS last FROM last),
         trimmed AS (DELETE FROM invalidations WHERE seq <= (SELECT last FROM reached) - $5::bigint)
-        SELECT reached.first, reached.last, size.entries, size.bytes,
+        SELECT reached.first, reached.last, fill.entries, fill.bytes, fill.soonest_end,
                pg_notify($6, $7 || ' ' || reached.first || ' ' || reached.last)
-        FROM reached, (SELECT coalesce(sum(entries), 0)::bigint AS entries,
-                              coalesce(sum(bytes), 0)::bigint AS bytes FROM counters) AS size""",
+        FROM reached, (
+            SELECT coalesce(sum(entries), 0)::bigint AS entries, coalesce(sum(bytes), 0)::bigint AS bytes, (
+                SELECT coalesce(stale_until, expires_at) FROM entries WHERE expires_at IS NOT NULL
+                ORDER BY coalesce(stale_until, expires_at) LIMIT 1) AS soonest_end
+            FROM counters) AS fill""",
     "read_log_since": READ_CHANGES,
     "last_seq": READ_LAST_SEQ,
     # Forget the oldest log rows, by the primary key (a prefix of the sequence, so no holes).
@@ -790,7 +808,7 @@ class _LogAnswers:
     - `trim_log`: the log statement trimmed it to its newest `LOG_KEEP_ROWS` rows, as the plan
       then asks, unless the batch logged more than that (its own rows were not in the
       statement's snapshot), and then the trim runs as asked;
-    - `read_size`, the query right after it in a batch that wrote entries: the size it read, if
+    - `read_fill`, the query right after it in a batch that wrote entries: the fill it read, if
       nothing ran in between (the log statement changes no entry).
     The wake-up of other hosts goes with it too (delivered at commit), and the tags of the puts
     written just before it."""
@@ -798,23 +816,23 @@ class _LogAnswers:
     def __init__(self, origin: str) -> None:
         self._origin = origin
         self._first = self._last = 0  # this batch's log rows; 0: none logged yet
-        self._size: tuple[int, int] | None = None  # what read_size would read now, if known
+        self._fill: tuple[int, int, float | None] | None = None  # what read_fill would read now, if known
 
     async def append(self, db: Any, rows: Sequence[tuple[str, str, str, float]], tags: list[list[str]]) -> list[Any]:
         """Run the log statement for the plan's log `rows`, with the `tags` (and keys) of the
         entries just written (`_PutBuffer.take_tags`)."""
         columns = [list(column) for column in zip(*(_text_in(row, 2) for row in rows))]
-        [(first, last, entries, size, _)] = await db.fetch(
+        [(first, last, entries, size, soonest_end, _)] = await db.fetch(
             STATEMENTS["log_changes"], *columns, _plan.LOG_KEEP_ROWS, CHANNEL, self._origin, *tags
         )
-        self._first, self._last, self._size = first, last, (entries, size)
+        self._first, self._last, self._fill = first, last, (entries, size, soonest_end)
         return []
 
     def answer(self, query: _plan.Query) -> list[Any] | None:
         """The rows of `query` if known here; None: run it."""
-        size, self._size = self._size, None  # known for the next query only
-        if query.name == "read_size" and size is not None:
-            return [size]
+        fill, self._fill = self._fill, None  # known for the next query only
+        if query.name == "read_fill" and fill is not None:
+            return [fill]
         if query.name == "last_seq" and self._last:
             return [(self._last,)]
         if query.name == "trim_log" and self._last:

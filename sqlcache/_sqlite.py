@@ -21,6 +21,11 @@ the event loop's thread, and only what can wait goes to the worker:
   checkpoint that did lets the next write start the WAL over (`journal_size_limit` then
   truncates the file).
 
+What a commit writes decides a set's cost (each page is a WAL frame): a refresh of an entry
+writes about three pages (its row, the log's newest page, now and then the log's oldest), not the
+seven it wrote while every set also moved the entry's access row, its recency index and the
+counters row (migration 0006; `_plan`'s docstring says how eviction stays exact without them).
+
 The worker is a one-thread `ThreadPoolExecutor` with its own connection, so no connection is
 ever used by two threads, and the executor belongs to no event loop: one store serves
 successive loops. The write algorithm itself is `_plan.write_batch`, shared with every engine;
@@ -137,8 +142,9 @@ STATEMENTS = {
     "record_reads": """
         UPDATE access SET access_count = access_count + ?, accessed_at = max(accessed_at, ?)
         WHERE entry_id = (SELECT id FROM entries WHERE key = ?)""",
-    # Insert an entry or replace the one under its key; the triggers (migrations 0001 and 0003)
-    # keep the counters and access rows in step and keep a replaced entry's read statistics.
+    # Insert an entry or replace the one under its key; the triggers (migrations 0003 and 0006)
+    # keep the counters in step, give a new entry its access row and leave a replaced entry's
+    # read statistics as they were (its write's use is its created_at: see the victim queries).
     "upsert_entry": """
         INSERT INTO entries (key, value, codec, size, tags, created_at, expires_at)
         VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -177,18 +183,32 @@ STATEMENTS = {
             WHERE expires_at IS NOT NULL AND coalesce(stale_until, expires_at) <= ?
             ORDER BY coalesce(stale_until, expires_at) LIMIT ?)
         RETURNING size""",
-    "read_size": READ_SIZE,
-    # Eviction candidates in the order each strategy gives them up, by the index serving it.
+    # Entry count and bytes, and when the soonest entry's life ends (NULL: none ever does), by
+    # the end-of-life index: eviction looks for expired entries only when there are some.
+    "read_fill": """
+        SELECT entries, bytes, (
+            SELECT coalesce(stale_until, expires_at) FROM entries WHERE expires_at IS NOT NULL
+            ORDER BY coalesce(stale_until, expires_at) LIMIT 1)
+        FROM counters WHERE id = 1""",
+    # Eviction candidates in the order each strategy gives them up, by the index serving it, as
+    # (id, key, size, count, used_at, written_at): the plan ranks them by (count, max(used_at,
+    # written_at)), since a set leaves `access` alone (migration 0006); FIFO and TTL store their
+    # whole order, so their written_at is their used_at.
     "victims_lru": """
-        SELECT e.id, e.key, e.size FROM access AS a JOIN entries AS e ON e.id = a.entry_id
+        SELECT e.id, e.key, e.size, 0, a.accessed_at, e.created_at
+        FROM access AS a JOIN entries AS e ON e.id = a.entry_id
         ORDER BY a.accessed_at LIMIT ?""",
     "victims_lfu": """
-        SELECT e.id, e.key, e.size FROM access AS a JOIN entries AS e ON e.id = a.entry_id
+        SELECT e.id, e.key, e.size, a.access_count, a.accessed_at, e.created_at
+        FROM access AS a JOIN entries AS e ON e.id = a.entry_id
         ORDER BY a.access_count, a.accessed_at LIMIT ?""",
-    "victims_fifo": "SELECT id, key, size FROM entries ORDER BY created_at LIMIT ?",
+    "victims_fifo": "SELECT id, key, size, 0, created_at, created_at FROM entries ORDER BY created_at LIMIT ?",
     "victims_ttl": """
-        SELECT id, key, size FROM entries WHERE expires_at IS NOT NULL
+        SELECT id, key, size, 0, coalesce(stale_until, expires_at), coalesce(stale_until, expires_at)
+        FROM entries WHERE expires_at IS NOT NULL
         ORDER BY coalesce(stale_until, expires_at) LIMIT ?""",
+    # A rewritten eviction candidate's write, stored as its last use (see `_plan._choose`).
+    "catch_up_access": "UPDATE access SET accessed_at = max(accessed_at, ?) WHERE entry_id = ?",
     "delete_id": "DELETE FROM entries WHERE id = ?",
     # Append to the log other processes read to drop stale memory copies. A seq is max+1 and
     # the trim keeps the newest rows, so seqs are never reused and never skip a number.

@@ -15,7 +15,7 @@ import pytest
 
 from pg_server import disk_rows, heard
 from sqlcache import CacheLevel, CacheManager
-from sqlcache._plan import LOG_KEEP_ROWS
+from sqlcache._plan import LOG_KEEP_ROWS, LOG_TRIM_EVERY
 
 
 def config(cache_dir, **extra):
@@ -81,7 +81,10 @@ class Side(str, enum.Enum):
     BUY = "buy"
 
 
-@pytest.mark.parametrize("value", [Color.RED, Size.SMALL, Side.BUY, uuid.UUID(int=7), [1, {"side": Side.BUY}]])
+@pytest.mark.parametrize("value", [
+    Color.RED, Size.SMALL, Side.BUY, uuid.UUID(int=7), [1, {"side": Side.BUY}],
+    {"rows": [[1, 2], [{"id": (3, uuid.UUID(int=7))}]]}, ({"a": 1}, [Size.SMALL]),
+])
 @pytest.mark.parametrize("level", list(CacheLevel))
 async def test_enum_and_uuid_values_are_refused_at_every_level(cache_dir, value, level):
     async with CacheManager(config(cache_dir)) as cache:
@@ -89,6 +92,15 @@ async def test_enum_and_uuid_values_are_refused_at_every_level(cache_dir, value,
         with pytest.raises(TypeError, match="JSON"):
             await cache.set("k", value, level=level)
         assert await cache.get("k") == "before"
+
+
+async def test_a_value_that_contains_itself_is_refused_not_walked_forever(cache_dir):
+    value: list = [1]
+    value.append({"self": value})
+    async with CacheManager(config(cache_dir)) as cache:
+        with pytest.raises(TypeError, match="JSON"):
+            await cache.set("k", value)
+        assert await cache.get("k") is None
 
 
 # ---------------------------------------------------------------- successive event loops
@@ -123,7 +135,7 @@ async def test_the_writes_themselves_trim_the_log_with_no_purge(cache_dir):
             await asyncio.gather(*(cache.set(f"k{i}", round_) for i in range(100)))
         with sqlite3.connect(cache_dir / "sqlcache.db") as db:
             rows, low, high = db.execute("SELECT count(*), min(seq), max(seq) FROM invalidations").fetchone()
-    assert rows <= LOG_KEEP_ROWS and high - low + 1 == rows  # bounded, and no hole
+    assert rows < LOG_KEEP_ROWS + LOG_TRIM_EVERY and high - low + 1 == rows  # bounded, and no hole
 
 
 async def test_a_failed_log_read_is_read_again(cache_dir):

@@ -83,6 +83,29 @@ async def test_ttl_strategy_evicts_the_soonest_to_expire(disk_config, clock):
     await manager.close()
 
 
+@pytest.mark.parametrize("strategy", ["lru", "lfu"])
+async def test_a_rewrite_is_a_use_even_beyond_the_first_candidates(disk_config, clock, strategy):
+    """A set leaves the stored read statistics alone (migration 0006); eviction must still rank
+    a rewritten entry by its write, also when the rewritten entries fill a whole batch of
+    candidates (the victim query reads 33 for one set) and the victim lies past them."""
+    count = 40
+    manager = CacheManager(
+        {**disk_config(), "disk_max_size": count * 105, "invalidation_strategy": strategy, "memory_max_size": 0},
+        clock=clock,
+    )
+    for i in range(count):
+        await manager.set(f"k{i:02d}", VALUE, level=CacheLevel.DISK)
+        clock.advance(1)
+    for i in range(35):  # rewritten, never read: k35..k39 are now the least recently used
+        await manager.set(f"k{i:02d}", VALUE, level=CacheLevel.DISK)
+        clock.advance(1)
+    await manager.set("new", VALUE, level=CacheLevel.DISK)
+    assert await disk_keys(manager) == {f"k{i:02d}" for i in range(count) if i != 35} | {"new"}
+    await manager.set("new2", VALUE, level=CacheLevel.DISK)
+    assert "k36" not in await disk_keys(manager) and "k00" in await disk_keys(manager)
+    await manager.close()
+
+
 @pytest.mark.parametrize("strategy", ["lru", "lfu", "fifo", "ttl"])
 async def test_expired_entries_go_before_any_strategy_victim(disk_config, clock, strategy):
     manager = await filled(disk_config(), clock, strategy)

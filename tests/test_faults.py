@@ -189,6 +189,7 @@ async def test_a_process_that_missed_trimmed_log_rows_empties_its_memory_tier(ca
         await writer.set("k", "old")
         assert await reader.get("k") == "old"  # now in the reader's memory tier
         monkeypatch.setattr(_plan, "LOG_KEEP_ROWS", 1)  # each write keeps only the newest row
+        monkeypatch.setattr(_plan, "LOG_TRIM_EVERY", 1)
         await writer.set("k", "new")
         await writer.set("other", 1)
         await asyncio.sleep(0.06)  # the reader's sync interval, a real-time bound

@@ -503,8 +503,10 @@ async def test_every_statement_of_the_store_can_walk_an_index(cache, pg_url):
     samples = {  # parameters for each statement of the write plan
         "record_reads": [[1], [2e9], ["k1"]], "upsert_entry": ["k1", b"1", 0, 3, "[]", 1.0, None],
         "set_stale_until": [2e9, 1], "touch_entry": [2e9, 2e9, "k1", 1e9], "insert_tag": ["t1", 1], "delete_key": ["k1"], "delete_tag": ["t1"], "delete_expired": [2e9, 64],
-        "read_size": [], "victims_lru": [10], "victims_lfu": [10], "victims_fifo": [10], "victims_ttl": [10],
-        "delete_id": [1], "log_changes": [["origin"], ["key"], ["k1"], [1.0], 4096, "channel", "origin", ["t1"], ["k1"]], "read_log_since": [5], "last_seq": [],
+        "read_fill": [], "victims_lru": [10], "victims_lfu": [10], "victims_fifo": [10], "victims_ttl": [10],
+        "catch_up_access": [2e9, 1], "delete_id": [1],
+        "log_changes": [["origin"], ["key"], ["k1"], [1.0], 4096, "channel", "origin", ["t1"], ["k1"]], "read_log_since": [5],
+        "last_seq": [],
         "trim_log": [5],
     }
     assert set(samples) == set(store_sql.STATEMENTS) - {"delete_all"}  # clear deletes every row: no index to use
