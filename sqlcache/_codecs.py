@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import json
+import marshal
 import pickle
 from itertools import chain
 from typing import Any
@@ -68,7 +69,21 @@ def _check_json_types(value: Any) -> None:
 
     orjson writes `Enum` members (IntEnum and str enums too) and `UUID`s natively, as their
     values: the memory tier would hand back `Color.RED` and the disk tier `1`. So every node
-    must be a plain str, int, float, bool, None, list, tuple or str-keyed dict. The walk goes a
+    must be a plain str, int, float, bool, None, list, tuple or str-keyed dict.
+
+    `marshal` (in C) writes only exact built-in types: it refuses every subclass, Enum member
+    and UUID. What it takes beyond JSON's types (bytes, sets, complex, keys that are not str)
+    orjson refuses next. So a value `marshal.dumps` takes needs no walk in Python (1.8 µs
+    against 9.7 for the walk, on the harness's 612-byte candle value); one it refuses is walked,
+    to name the offending type."""
+    try:
+        marshal.dumps(value)
+    except ValueError:
+        _walk_json_types(value)
+
+
+def _walk_json_types(value: Any) -> None:
+    """`_check_json_types` node by node, raising TypeError with the type that is not JSON. The walk goes a
     level of nesting at a time and gathers the types of a whole level's children with one
     `set(map(type, ...))` over a `chain` of its containers, which runs in C: ten lists of
     numbers in a dict cost three such passes, not a Python step per container."""

@@ -94,6 +94,21 @@ async def test_enum_and_uuid_values_are_refused_at_every_level(cache_dir, value,
         assert await cache.get("k") == "before"
 
 
+class Price(float):
+    pass
+
+
+@pytest.mark.parametrize("value", [
+    {"raw": b"\x00"}, {"ids": {1, 2}}, {"z": 1j}, {1: "int key"}, [frozenset()], {"p": Price(1.5)}, [Ellipsis],
+])
+async def test_values_beyond_json_nested_anywhere_are_refused(cache_dir, value):
+    """What the fast type check (marshal) writes but JSON cannot hold is refused too, by orjson."""
+    async with CacheManager(config(cache_dir)) as cache:
+        with pytest.raises(TypeError, match="JSON"):
+            await cache.set("k", value)
+        assert await cache.get("k") is None
+
+
 async def test_a_value_that_contains_itself_is_refused_not_walked_forever(cache_dir):
     value: list = [1]
     value.append({"self": value})
