@@ -160,12 +160,12 @@ async def test_a_failed_log_read_is_read_again(cache_dir):
         assert await reader.get("k") == "old"
         await writer.set("k", "new")
         store = reader._store
-        real, failing = store._reader, FailingOnce(store._reader, "invalidations")
-        store._reader = failing
+        real, failing = store._loop_db, FailingOnce(store._loop_db, "invalidations")
+        store._loop_db = failing
         await asyncio.sleep(0.02)
         assert await reader.get("k") == "old"  # the read failed: nothing known yet
         assert failing.failed
-        store._reader = real
+        store._loop_db = real
         await asyncio.sleep(0.02)
         assert await reader.get("k") == "new"  # the position did not move past the failure
 

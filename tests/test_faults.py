@@ -116,8 +116,8 @@ async def test_a_full_disk_fails_the_set_and_keeps_everything_committed(cache_di
         for i in range(20):
             await cache.set(f"k{i}", "v" * 100)
         # SQLite reports a full disk and a reached max_page_count alike (SQLITE_FULL).
-        pages = cache._store._writer.execute("PRAGMA page_count").fetchone()[0]
-        for connection in (cache._store._writer, cache._store._worker):
+        pages = cache._store._loop_db.execute("PRAGMA page_count").fetchone()[0]
+        for connection in (cache._store._loop_db, cache._store._worker):
             connection.execute(f"PRAGMA max_page_count = {pages}")
         with pytest.raises(StorageError, match="full"):
             await asyncio.gather(*(cache.set(f"big{i}", "x" * 50_000) for i in range(4)))
@@ -180,7 +180,7 @@ async def test_durability_full_makes_every_commit_fsync(cache_dir):
         assert cache._store._worker.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     async with CacheManager(config(cache_dir)) as cache:
         await cache.set("k", 1)
-        assert cache._store._writer.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        assert cache._store._loop_db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
 
 
 async def test_a_process_that_missed_trimmed_log_rows_empties_its_memory_tier(cache_dir, monkeypatch):

@@ -33,7 +33,7 @@ def bulk_fill(db_path, entries: int, now: float) -> int:
 
 def count_steps(manager: CacheManager, counter: "StepCounter | None") -> None:
     """Count the VM steps of both writing connections (the loop's and the worker's)."""
-    for connection in (manager._store._writer, manager._store._worker):
+    for connection in (manager._store._loop_db, manager._store._worker):
         connection.set_progress_handler(counter, 10)
 
 
