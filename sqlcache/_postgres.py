@@ -663,7 +663,7 @@ class PostgresStore:
         except Exception as error:
             if not _dropped(error):
                 raise
-            connection.terminate()
+            _terminate(connection)
             raise _DroppedWhileIdle(str(error)) from None
 
     async def _abandon(self, connection: Any, begun: asyncio.Future[None]) -> None:
@@ -672,15 +672,17 @@ class PostgresStore:
         try:
             await asyncio.wait([begun])
         except BaseException:
-            connection.terminate()
+            _terminate(connection)
             raise
         if not begun.cancelled():
             begun.exception()  # seen here if the plan failed before it awaited `begun`
-        if connection.is_in_transaction():
-            try:
+        try:
+            if connection.is_in_transaction():
                 await connection.execute(ROLLBACK)
-            except Exception:
-                connection.terminate()  # the server rolls back
+        except asyncpg.InterfaceError:
+            pass  # the pool was closed under the write (a reconnect): it ended the session
+        except Exception:
+            _terminate(connection)  # the server rolls back
 
     async def _run_plan(self, db: Any, plan: _plan.Plan[T], begun: asyncio.Future[None]) -> T:
         """The plan's driver (`_plan.run` with `await`), its first statement sent once `begun`
@@ -910,6 +912,16 @@ def _scrub(message: str, url: str) -> str:
 CLOSE_GRACE = 2.0
 """Seconds a connection or pool gets to close politely before it is terminated: a server that
 went away never answers the goodbye, and closing must not hang on it."""
+
+
+def _terminate(connection: Any) -> None:
+    """End a pool connection now. One the pool already took back (the pool was closed under a
+    write, by a reconnect) is ended already; asyncpg then refuses the call, and saying so would
+    hide the error that brought the caller here."""
+    try:
+        connection.terminate()
+    except asyncpg.InterfaceError:
+        pass
 
 
 async def _close_or_terminate(closable: Any) -> None:
