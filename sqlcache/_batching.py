@@ -129,10 +129,10 @@ class GroupCommitter(Generic[Op]):
     of the batch is tried again in a transaction of its own, in order.
 
     `apply_now(ops) -> results | None`, if given, is the fast path: a batch that finds nothing in
-    flight is committed by one callback at the end of the current loop iteration (every write
-    submitted in that iteration shares it), on the loop's own thread, with no task; `apply_now`
-    returns None, having changed nothing, when the batch must wait, and then a task runs it
-    through `apply`.
+    flight is committed at the end of the current loop iteration (every write submitted in that
+    iteration shares it) by its first writer's own task, on the loop's own thread (`_lead`);
+    `apply_now` returns None, having changed nothing, when the batch must wait, and then a task
+    runs it through `apply`.
     """
 
     def __init__(
@@ -154,11 +154,22 @@ class GroupCommitter(Generic[Op]):
         self._queue.append(_Pending(op, future, after_commit))
         if self._task is None and not self._now_scheduled:
             if self._apply_now is not None:
-                self._now_scheduled = True
-                loop.call_soon(self._commit_now)
+                await self._lead()
             else:
                 self._start()
         return await future  # cancelling the caller cancels the future, never the write
+
+    async def _lead(self) -> None:
+        """The fast path, run by the first writer of a loop iteration in its own task: one
+        yield lets every write submitted in this iteration join the batch, then the batch
+        commits here. The leader needs no second turn of the loop to learn its result (its
+        future is done when it awaits it); the others resume in the next turn. Cancelled
+        during the yield, the leader still commits the batch: a write is never cancelled."""
+        self._now_scheduled = True
+        try:
+            await asyncio.sleep(0)
+        finally:
+            self._commit_now()
 
     async def drain(self) -> None:
         """Wait until every submitted op has committed or failed."""
@@ -172,7 +183,7 @@ class GroupCommitter(Generic[Op]):
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def _commit_now(self) -> None:
-        """The fast path's callback: commit the queue at once, or leave it to a task."""
+        """The fast path: commit the queue at once, or leave it to a task."""
         self._now_scheduled = False
         if self._task is not None or not self._queue:
             return

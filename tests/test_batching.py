@@ -128,3 +128,24 @@ async def test_one_bad_write_fails_alone_and_the_others_in_its_batch_commit():
     assert results[0] == "OK" and results[3] == "FINE"
     assert isinstance(results[1], ValueError) and isinstance(results[2], KeyError)
     assert applied == [["first"], ["ok", "bad", "boom", "fine"], ["ok"], ["bad"], ["boom"], ["fine"]]
+
+
+async def test_the_fast_path_commits_each_iterations_writes_together_even_if_its_first_writer_is_cancelled():
+    batches: list[list[str]] = []
+
+    def apply_now(ops):
+        batches.append(list(ops))
+        return [op.upper() for op in ops]
+
+    async def apply(ops):
+        raise AssertionError("the fast path never needed the task")
+
+    committer = GroupCommitter(apply, apply_now=apply_now)
+    writes = [asyncio.ensure_future(committer.submit(op)) for op in "abc"]
+    await asyncio.sleep(0)  # the three writers start, in one iteration: the first leads
+    writes[0].cancel()
+    await asyncio.gather(*writes, return_exceptions=True)
+    assert batches == [["a", "b", "c"]]  # the cancelled leader's write committed, with the others
+    assert writes[0].cancelled() and [await write for write in writes[1:]] == ["B", "C"]
+    assert await committer.submit("d") == "D"  # a lone writer commits on its own
+    assert batches[-1] == ["d"]
