@@ -431,10 +431,10 @@ class CacheManager:
                 )
         if not prepared:
             return
-        store = await self._disk()
+        store = self._store if self._store is not None else await self._disk()
         bound = self._here()
         self._counts["sets"] += len(prepared)
-        if since is None:
+        if since is None and (bound.flights or bound.refreshes):
             for item in prepared:
                 self._detach_flights(bound, item.key)
         if store is None:

@@ -33,7 +33,7 @@ Statement names and their parameters (each engine's table gives every one):
 | delete_pattern_anywhere | (pattern,) | [(key, expires_at)] |
 | delete_all | () | [(key, expires_at)] |
 | delete_expired | (now, limit) | [(size,)] (ended at `now`: stale window over, or expired without one) |
-| read_fill | () | [(entries, bytes, soonest_end)] (soonest_end: the earliest coalesce(stale_until, expires_at), NULL if none) |
+| read_fill | () | [(entries, bytes, soonest_end, seq)] (soonest_end: the earliest coalesce(stale_until, expires_at), NULL if none; seq: as last_seq) |
 | victims_lru / _lfu / _fifo / _ttl | (limit,) | [(id, key, size, count, used_at, written_at)] in (count, used_at) order |
 | catch_up_access | many (written_at, id) | - (accessed_at = max(accessed_at, written_at)) |
 | delete_id | many (id,) | - |
@@ -179,8 +179,11 @@ def write_batch(
         log.extend(_log_rows(op, origin, wall))
     if log:
         yield Query("log_changes", log, many=True)
-    expired, evicted = (yield from _evict_if_over(now, written, max_bytes, strategy)) if written else (0, 0)
-    [(seq,)] = yield Query("last_seq")
+    if written:  # the fill's query also reads the log's position: eviction logs nothing
+        expired, evicted, seq = yield from _evict_if_over(now, written, max_bytes, strategy)
+    else:
+        expired = evicted = 0
+        [(seq,)] = yield Query("last_seq")
     if log and seq > LOG_KEEP_ROWS and (seq - len(log)) // LOG_TRIM_EVERY != seq // LOG_TRIM_EVERY:
         yield Query("trim_log", (seq - LOG_KEEP_ROWS,))
     return WriteResult(results, evicted=evicted, expired=expired, seq=seq, logged=len(log))
@@ -233,10 +236,11 @@ def _touches(kind: str, arg: str, key: str, tags: set[str]) -> bool:
     return True  # 'clear'
 
 
-def _evict_if_over(now: float, written: set[str], max_bytes: int, strategy: InvalidationStrategy) -> Plan[tuple[int, int]]:
+def _evict_if_over(now: float, written: set[str], max_bytes: int, strategy: InvalidationStrategy) -> Plan[tuple[int, int, int]]:
     """Bring the bytes back under `max_bytes`: expired entries first, then the strategy's
-    victims, never an entry written in this batch. Returns (expired, evicted) counts."""
-    [(entries, size, soonest_end)] = yield Query("read_fill")
+    victims, never an entry written in this batch. Returns the (expired, evicted) counts and
+    the log's position, which the fill's query reads too."""
+    [(entries, size, soonest_end, seq)] = yield Query("read_fill")
     excess = size - max_bytes
     expired = evicted = 0
     while excess > 0 and soonest_end is not None and soonest_end <= now:
@@ -259,7 +263,7 @@ def _evict_if_over(now: float, written: set[str], max_bytes: int, strategy: Inva
                 excess -= sum(size for _, size in chosen)
             elif not late:
                 break
-    return expired, evicted
+    return expired, evicted, seq
 
 
 def _choose(

@@ -196,11 +196,13 @@ STATEMENTS = {
             ORDER BY coalesce(stale_until, expires_at) LIMIT $2)
         RETURNING size""",
     # Entry count and bytes, and when the soonest entry's life ends (NULL: none ever does), by
-    # the end-of-life index: eviction looks for expired entries only when there are some.
+    # the end-of-life index: eviction looks for expired entries only when there are some. And
+    # the log's newest position (as `last_seq`), which a batch that wrote entries needs too.
     "read_fill": """
         SELECT coalesce(sum(entries), 0)::bigint, coalesce(sum(bytes), 0)::bigint, (
             SELECT coalesce(stale_until, expires_at) FROM entries WHERE expires_at IS NOT NULL
-            ORDER BY coalesce(stale_until, expires_at) LIMIT 1)
+            ORDER BY coalesce(stale_until, expires_at) LIMIT 1), (
+            SELECT coalesce(max(seq), 0)::bigint FROM invalidations)
         FROM counters""",
     # Eviction candidates in the order each strategy gives them up, by the index serving it, as
     # (id, key, size, count, used_at, written_at): the plan ranks them by (count, greatest(used_at,
@@ -818,7 +820,7 @@ class _LogAnswers:
     def __init__(self, origin: str) -> None:
         self._origin = origin
         self._first = self._last = 0  # this batch's log rows; 0: none logged yet
-        self._fill: tuple[int, int, float | None] | None = None  # what read_fill would read now, if known
+        self._fill: tuple[int, int, float | None, int] | None = None  # what read_fill would read now, if known
 
     async def append(self, db: Any, rows: Sequence[tuple[str, str, str, float]], tags: list[list[str]]) -> list[Any]:
         """Run the log statement for the plan's log `rows`, with the `tags` (and keys) of the
@@ -827,7 +829,7 @@ class _LogAnswers:
         [(first, last, entries, size, soonest_end, _)] = await db.fetch(
             STATEMENTS["log_changes"], *columns, _plan.LOG_KEEP_ROWS, CHANNEL, self._origin, *tags
         )
-        self._first, self._last, self._fill = first, last, (entries, size, soonest_end)
+        self._first, self._last, self._fill = first, last, (entries, size, soonest_end, last)
         return []
 
     def answer(self, query: _plan.Query) -> list[Any] | None:

@@ -204,11 +204,13 @@ STATEMENTS = {
             ORDER BY coalesce(stale_until, expires_at) LIMIT ?)
         RETURNING size""",
     # Entry count and bytes, and when the soonest entry's life ends (NULL: none ever does), by
-    # the end-of-life index: eviction looks for expired entries only when there are some.
+    # the end-of-life index: eviction looks for expired entries only when there are some. And
+    # the log's newest position (as `last_seq`), which a batch that wrote entries needs too.
     "read_fill": """
         SELECT entries, bytes, (
             SELECT coalesce(stale_until, expires_at) FROM entries WHERE expires_at IS NOT NULL
-            ORDER BY coalesce(stale_until, expires_at) LIMIT 1)
+            ORDER BY coalesce(stale_until, expires_at) LIMIT 1), (
+            SELECT coalesce(max(seq), 0) FROM invalidations)
         FROM counters WHERE id = 1""",
     # Eviction candidates in the order each strategy gives them up, by the index serving it, as
     # (id, key, size, count, used_at, written_at): the plan ranks them by (count, max(used_at,
