@@ -156,10 +156,12 @@ class MemoryTier:
         """Store `entry`, replacing the key's old one in place: LFU keeps the key's count."""
         if self._maxsize == 0:
             return
-        old = self._cache.get(key)
-        if old is not None:
-            self._untag(key, old)
+        old = self.peek(key)  # not a use: the store below is one
         self._cache[key] = entry
+        if old is not None:
+            if old.tags == entry.tags:
+                return  # a refresh keeps its tags: the index already holds them
+            self._untag(key, old)
         for tag in entry.tags:
             self._tags.setdefault(tag, set()).add(key)
 
