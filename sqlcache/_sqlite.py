@@ -547,6 +547,7 @@ class SQLiteStore:
         its position trimmed away and empty its memory tier for nothing); checkpoint if due."""
         if result.logged and result.seq - result.logged == self._last_seq:
             self._last_seq = result.seq
+        self._check_file()  # a batch that took over `FILE_CHECK_INTERVAL` is measured at once
         if not self._checkpointing and self._wal_bytes > self._checkpoint_due_at:
             self._checkpointing = True
             self._worker_thread.submit(self._checkpoint)
@@ -576,8 +577,6 @@ class SQLiteStore:
     def _is_quick(self, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts]) -> bool:
         if self._durability is not Durability.NORMAL or len(reads) > LOOP_WRITE_MAX_READS:
             return False
-        if len(ops) == 1 and type(ops[0]) is Put:  # the common lone set
-            return len(ops[0].data) <= LOOP_WRITE_MAX_BYTES
         if not all(isinstance(op, _QUICK_OPS) for op in ops):
             return False
         puts = [put for op in ops for put in _puts(op)]
