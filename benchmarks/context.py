@@ -44,7 +44,7 @@ class Scale:
 
 
 SCALES = {
-    "full": Scale("full", ops=20_000, write_ops=4_000, keys=10_000, invalidation_total=100_000, invalidation_rounds=5, rounds=5,
+    "full": Scale("full", ops=20_000, write_ops=4_000, keys=10_000, invalidation_total=100_000, invalidation_rounds=9, rounds=5,
                   zipf_keys=20_000, zipf_capacity=2_000, zipf_ops=40_000,
                   growth_sizes=(10_000, 100_000, 1_000_000), growth_ops=2_000,
                   rss_entries=100_000, coherence_changes=50),

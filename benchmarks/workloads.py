@@ -227,30 +227,35 @@ async def strategy_hit(ctx: Context) -> None:
 # ---------------------------------------------------------------------------- invalidation
 
 
-async def _time_invalidation(ctx: Context, peer: Peer, kind: str, first_group: int) -> None:
-    """Invalidate `rounds` groups of 1,000 one after another, restoring each, untimed, after."""
-    rounds = ctx.scale.invalidation_rounds
-    removed: list[int] = []
-
-    async def act(round_: int) -> None:
-        group = first_group + round_
-        if kind == "tag":
-            removed.append(await peer.invalidate_tag(data.tag(group)))
-        else:
-            removed.append(await peer.invalidate_prefix(data.prefix(group)))
-
-    async def restore(round_: int) -> None:
-        group = first_group + round_
-        await peer.load(data.items(group * data.GROUP_SIZE, (group + 1) * data.GROUP_SIZE))
-
+async def _invalidate_in_turns(ctx: Context, peers: list[Peer], kind: str, first_group: int) -> None:
+    """Invalidate `rounds` groups of 1,000 one after another, every peer in turn within a round
+    (as `_interleaved` does for single operations: a burst of noise on a shared machine lands on
+    all peers alike), each peer restoring its group, untimed, after its turn."""
     name = f"{kind}_invalidation"
     op = f"invalidate {kind} ({data.GROUP_SIZE:,} of {ctx.scale.invalidation_total:,})"
-    try:
-        stats = await measure.run_each(act, rounds, restore)
-    except Unsupported as missing:
-        ctx.record(name, peer, op, None, note=str(missing))
-        return
-    ctx.record(name, peer, op, stats, removed=removed[0] or None)
+    samples = {peer: measure.Samples() for peer in peers}
+    removed: dict[Peer, int] = {}
+    timing = list(peers)
+    for round_ in range(ctx.scale.invalidation_rounds):
+        group = first_group + round_
+        for peer in list(timing):
+
+            async def act(_: int, peer: Peer = peer) -> None:
+                invalidate = peer.invalidate_tag(data.tag(group)) if kind == "tag" else \
+                    peer.invalidate_prefix(data.prefix(group))
+                removed.setdefault(peer, await invalidate)
+
+            try:
+                await measure.collect(act, range(1), 1, samples[peer])
+                await peer.load(data.items(group * data.GROUP_SIZE, (group + 1) * data.GROUP_SIZE))
+            except Unsupported as missing:
+                ctx.record(name, peer, op, None, note=str(missing))
+                timing.remove(peer)
+            except Exception as error:
+                ctx.fail(peer, name, error)
+                timing.remove(peer)
+    for peer in timing:
+        ctx.record(name, peer, op, samples[peer].stats(), removed=removed[peer] or None)
 
 
 async def invalidation(ctx: Context) -> None:
@@ -262,14 +267,13 @@ async def invalidation(ctx: Context) -> None:
         RedisPeer("redis (tag sets / SCAN MATCH + UNLINK)"),
         CachetoolsPeer("cachetools LRUCache (key scan)"),
     ]
-    rounds = ctx.scale.invalidation_rounds
-
-    async def body(peer: Peer) -> None:
-        await _loader(ctx.scale.invalidation_total)(peer)
-        await _time_invalidation(ctx, peer, "tag", first_group=0)
-        await _time_invalidation(ctx, peer, "prefix", first_group=rounds)
-
-    await ctx.for_each("tag_invalidation", peers, body)
+    opened = [peer for peer in ctx.usable(peers) if await ctx.open(peer, "tag_invalidation")]
+    loaded = [peer for peer in opened
+              if await _try(ctx, "tag_invalidation", peer, _loader(ctx.scale.invalidation_total)(peer))]
+    await _invalidate_in_turns(ctx, loaded, "tag", first_group=0)
+    await _invalidate_in_turns(ctx, loaded, "prefix", first_group=ctx.scale.invalidation_rounds)
+    for peer in opened:
+        await ctx.close(peer)
 
 
 # ---------------------------------------------------------------------------- Zipf mix

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import Any, Awaitable, Callable, Generic, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Generic, Iterable, Sequence, TypeVar
 
 Row = TypeVar("Row")
 Op = TypeVar("Op")
@@ -73,10 +73,13 @@ class ReadCoalescer(Generic[Row]):
         self._live.add(batch)  # held by the caller while it promotes, then forgotten
         return await self._fetch(keys), batch
 
-    def spoil(self, key: str) -> None:
+    def spoil(self, keys: Iterable[str]) -> None:
+        """Mark `keys` changed for the reads in flight, so that none of them is promoted from
+        one (`keys` is only iterated when a read is in flight: a removal's rows, unlisted)."""
         if self._live:
+            changed = set(keys)
             for batch in self._live:
-                batch.spoiled.add(key)
+                batch.spoiled |= changed
 
     def spoil_all(self) -> None:
         for batch in self._live:

@@ -446,7 +446,7 @@ class CacheManager:
             if result is None:
                 return  # a loader's result that a newer change overtook: the newer state stays
             for item in prepared:
-                bound.reader.spoil(item.key)
+                bound.reader.spoil((item.key,))
                 if level is CacheLevel.DISK:
                     self._memory.discard(item.key)
                 else:
@@ -497,7 +497,7 @@ class CacheManager:
             return touch_memory(False)
 
         def after_commit(on_disk: bool) -> bool:
-            bound.reader.spoil(key)  # a read in flight may carry the old expiry
+            bound.reader.spoil((key,))  # a read in flight may carry the old expiry
             return touch_memory(on_disk)
 
         op = Touch(key, None if expires_at == math.inf else expires_at, now)
@@ -520,8 +520,7 @@ class CacheManager:
         bound = self._here()
 
         def drop_from_memory() -> KeySet:
-            for key in keys:
-                bound.reader.spoil(key)
+            bound.reader.spoil(keys)
             return self._memory.invalidate_keys(keys, now)
 
         for key in keys:
@@ -568,8 +567,7 @@ class CacheManager:
             return len(drop_from_memory())
 
         def after_commit(removed: list[Removed]) -> int:
-            for key, _ in removed:
-                bound.reader.spoil(key)
+            bound.reader.spoil(key for key, _ in removed)
             live = drop_from_memory()
             live.update(key for key, expires_at in removed if expires_at is None or expires_at > now)
             return len(live)
@@ -765,7 +763,7 @@ class CacheManager:
             self._detach_flights(bound, arg if kind == "key" else None)
             if kind == "key":
                 memory.invalidate_keys((arg,), now, before=seq)
-                reader.spoil(arg)
+                reader.spoil((arg,))
                 continue
             if kind == "tag":
                 memory.invalidate_tag(arg, now, before=seq)

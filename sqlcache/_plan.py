@@ -206,7 +206,7 @@ def _remove(op: WriteOp) -> Plan[list[Removed]]:
         rows = yield Query("delete_all")
     else:
         raise TypeError(f"unknown write operation {op!r}")
-    return [Removed(key, expires_at) for key, expires_at in rows]
+    return rows
 
 
 def changed_since(

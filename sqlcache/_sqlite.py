@@ -35,6 +35,13 @@ the event loop's thread, and only what can wait goes to the worker:
   aside lands in the old file, as it would had it committed just before: a set-aside discards
   everything the old file holds.
 
+- **Deleted content zeroed only where that costs no I/O** (`secure_delete = FAST`). Debian's and
+  many other builds of SQLite default to `secure_delete = ON`, which also overwrites every page
+  a delete frees, so the commit writes those pages to the WAL too: deleting 1,000 tagged entries
+  among 100,000 took 5.4 ms with its commit under ON and 4.2 ms under FAST (median of 30, a
+  stdlib script on a copy of the file). Under FAST a deleted row's bytes are still zeroed in its
+  b-tree page; only pages moved to the freelist keep their old bytes until reused.
+
 What a commit writes decides a set's cost (each page is a WAL frame): a refresh of an entry
 writes about three pages (its row, the log's newest page, now and then the log's oldest), not the
 seven it wrote while every set also moved the entry's access row, its recency index and the
@@ -267,7 +274,8 @@ LATEST_SCHEMA = _migrations()[-1][0]
 
 def open_connection(path: Path, *, busy_timeout: float, durability: Durability = Durability.NORMAL) -> sqlite3.Connection:
     """A stdlib connection in autocommit mode (transactions are begun explicitly), with the
-    file memory-mapped, no automatic checkpoints and Python's `re.match` as REGEXP.
+    file memory-mapped, no automatic checkpoints, deleted content zeroed where that costs no
+    I/O and Python's `re.match` as REGEXP (the module docstring says why each).
 
     `check_same_thread=False` because connections are made in the worker thread; each one is
     then used by one thread only (see the module docstring)."""
@@ -276,6 +284,7 @@ def open_connection(path: Path, *, busy_timeout: float, durability: Durability =
         db.execute(f"PRAGMA synchronous = {durability.value.upper()}")  # an enum value, not user text
         db.execute(f"PRAGMA mmap_size = {MMAP_BYTES:d}")
         db.execute("PRAGMA wal_autocheckpoint = 0")
+        db.execute("PRAGMA secure_delete = FAST")
         db.execute(f"PRAGMA journal_size_limit = {CHECKPOINT_WAL_BYTES:d}")
         db.create_function("regexp", 2, _regexp, deterministic=True)
     except BaseException:

@@ -9,7 +9,7 @@ by offering the same few coroutines.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, NamedTuple, Protocol, Sequence, Union
+from typing import Any, Mapping, NamedTuple, Optional, Protocol, Sequence, Tuple, Union
 
 
 class StoredRow(NamedTuple):
@@ -23,11 +23,9 @@ class StoredRow(NamedTuple):
     """End of the stale window `get_or_set(..., stale_ttl=)` may serve the value in (None: none)."""
 
 
-class Removed(NamedTuple):
-    """A key a write removed, with its expiry (to tell live removals from expired ones)."""
-
-    key: str
-    expires_at: float | None
+Removed = Tuple[str, Optional[float]]
+"""A key a write removed, with its expiry (to tell live removals from expired ones): the
+delete statement's row as it comes, since a tag may remove thousands."""
 
 
 @dataclass(frozen=True)
