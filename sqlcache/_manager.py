@@ -455,12 +455,12 @@ class CacheManager:
         if level is CacheLevel.MEMORY:
             op: WriteOp = Remove(tuple(mapping), since, tags)  # an older disk copy must not come back
         else:
-            puts = tuple(
+            puts = [
                 Put(item.key, item.data, item.codec, tags, now, None if item.expires_at == math.inf else item.expires_at,
                     since, item.stale_until or None)
                 for item in prepared
-            )
-            op = puts[0] if len(puts) == 1 else PutMany(puts)
+            ]
+            op = puts[0] if len(puts) == 1 else PutMany(tuple(puts))
         await bound.committer.submit(op, after_commit)
 
     def _prepare(self, key: str, value: Any, ttl: float, level: CacheLevel, stale_ttl: float, now: float) -> _Prepared:

@@ -586,10 +586,14 @@ class SQLiteStore:
     def _is_quick(self, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts]) -> bool:
         if self._durability is not Durability.NORMAL or len(reads) > LOOP_WRITE_MAX_READS:
             return False
-        if not all(isinstance(op, _QUICK_OPS) for op in ops):
-            return False
-        puts = [put for op in ops for put in _puts(op)]
-        return len(puts) <= LOOP_WRITE_MAX_PUTS and sum(len(put.data) for put in puts) <= LOOP_WRITE_MAX_BYTES
+        puts = values = 0
+        for op in ops:
+            if not isinstance(op, _QUICK_OPS):
+                return False
+            for put in _puts(op):
+                puts += 1
+                values += len(put.data)
+        return puts <= LOOP_WRITE_MAX_PUTS and values <= LOOP_WRITE_MAX_BYTES
 
     def _write_now(
         self, db: sqlite3.Connection, ops: Sequence[WriteOp], reads: Mapping[str, ReadCounts], now: float

@@ -40,7 +40,7 @@ async def test_a_write_during_a_query_spoils_only_its_key_and_only_reads_in_flig
     await asyncio.sleep(0)
     waiting = [asyncio.ensure_future(reader.load(key)) for key in ["a", "b"]]
     await asyncio.sleep(0)
-    reader.spoil("a")  # committed while the first query runs and before the second starts
+    reader.spoil(("a",))  # committed while the first query runs and before the second starts
     fetch.gate.set()
     assert await in_flight[0] == ("row:a", False)
     assert await asyncio.gather(*waiting) == [("row:a", True), ("row:b", True)]

@@ -20,6 +20,7 @@ from sqlcache import (
     StorageError,
 )
 from sqlcache import _plan
+from sqlcache._sqlite import SQLiteStore
 
 
 def config(cache_dir, **extra) -> dict:
@@ -137,6 +138,30 @@ async def test_the_wal_file_stays_bounded_under_steady_writes(cache_dir):
         written = 50 * 64 * 4000
         assert written > 10 * 1024 * 1024
         assert largest < 10 * 1024 * 1024  # checkpoints keep it near 2 x 1000 pages, not all that was written
+
+
+async def test_a_stream_of_lone_sets_checkpoints_about_twice_per_cycle_of_the_wal(cache_dir, monkeypatch):
+    """The WAL grows about 10 KiB per set here; a checkpoint is due at 4 MiB, the next one at
+    8 MiB until the WAL starts over: some 2 checkpoints per 400 sets. A policy that checkpoints
+    again as soon as the last one ended, whenever the WAL is over 4 MiB, ran one every 11 sets."""
+    checkpoints = []
+    run_checkpoint = SQLiteStore._checkpoint
+
+    def counted(store: SQLiteStore) -> None:
+        checkpoints.append(store.path)
+        run_checkpoint(store)
+
+    monkeypatch.setattr(SQLiteStore, "_checkpoint", counted)
+    sets = 3000
+    async with CacheManager(config(cache_dir, memory_max_size=10)) as cache:
+        wal = cache_dir / "sqlcache.db-wal"
+        largest = 0
+        for i in range(sets):
+            await cache.set(f"k{i % 500}", {"candles": [[i, 1.5, 2.5, 0.5, 1.0, 100]] * 10}, tags=["t"])
+            largest = max(largest, wal.stat().st_size)
+        assert largest > 4 * 1024 * 1024  # the stream did go through checkpoints
+    assert 1 <= len(checkpoints) <= sets // 50
+    assert largest < 10 * 1024 * 1024
 
 
 async def test_expired_entries_are_purged_in_bounded_batches(cache_dir, clock):
