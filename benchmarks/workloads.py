@@ -488,7 +488,8 @@ WORKLOADS = [
     Workload("strategy_hit", "Disk hit under FIFO, LRU and LFU",
              "Disk-tier hits (memory off) per eviction strategy: what recording access statistics costs.", strategy_hit),
     Workload("tag_invalidation", "Tag invalidation",
-             "Remove the 1,000 entries carrying one tag; the cache holds the total shown. Median of rounds, the peers taking turns within each round (each restores the group after its turn, untimed). "
+             "Remove the 1,000 entries carrying one tag; the cache holds the total shown. Median of rounds, "
+             "the peers taking turns within each round (each restores the group after its turn, untimed). "
              "(cashews disk:// is left out: its tag bookkeeping loads ~900 tagged sets/s, minutes for 100,000.)",
              invalidation),
     Workload("prefix_invalidation", "Prefix-pattern invalidation",
