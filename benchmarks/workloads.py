@@ -174,7 +174,7 @@ async def memory_hit(ctx: Context) -> None:
     peers = [
         SqlcachePeer(SQLCACHE_MEMORY),
         CachetoolsPeer(CACHETOOLS),
-        CashewsPeer(CASHEWS_MEM, backend="mem"),
+        CashewsPeer(CASHEWS_MEM, backend="mem", expiry_scan=False),  # nothing expires here
         AiocachePeer(AIOCACHE),
         RedisPeer(),
     ]
@@ -263,7 +263,7 @@ async def invalidation(ctx: Context) -> None:
     peers = [
         SqlcachePeer(SQLCACHE),
         DiskcachePeer(DISKCACHE_TAGS, tag_index=True),
-        CashewsPeer(CASHEWS_MEM, backend="mem"),
+        CashewsPeer(CASHEWS_MEM, backend="mem", expiry_scan=False),  # nothing expires here
         RedisPeer("redis (tag sets / SCAN MATCH + UNLINK)"),
         CachetoolsPeer("cachetools LRUCache (key scan)"),
     ]
