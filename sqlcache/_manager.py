@@ -431,6 +431,8 @@ class CacheManager:
                 )
         if not prepared:
             return
+        if time.monotonic() >= self._next_sync:  # writes too: see `_sync`
+            await self._sync()
         store = self._store if self._store is not None else await self._disk()
         bound = self._here()
         self._counts["sets"] += len(prepared)
@@ -560,6 +562,8 @@ class CacheManager:
 
     async def _invalidate(self, op: WriteOp, drop_from_memory: Callable[[], KeySet], now: float) -> int:
         """Run a removal on disk, then in memory; count distinct live keys removed in either."""
+        if time.monotonic() >= self._next_sync:  # writes too: see `_sync`
+            await self._sync()
         bound = self._here()
         if not isinstance(op, Remove):
             self._detach_flights(bound, None)
@@ -735,7 +739,12 @@ class CacheManager:
     # ------------------------------------------------------------------ coherence
 
     async def _sync(self) -> None:
-        """Apply other processes' invalidations to the memory tier; open the store if closed."""
+        """Apply other processes' invalidations to the memory tier; open the store if closed.
+
+        Due every `sync_interval`, checked by gets and by writes alike: a process that only
+        writes must keep its place in the log too, or other processes' rows could pile up past
+        what the log keeps, and its next get would find its place trimmed away and forget its
+        whole memory tier."""
         self._next_sync = time.monotonic() + self.config.sync_interval
         try:
             store = await self._disk()

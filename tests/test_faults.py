@@ -208,6 +208,22 @@ async def test_durability_full_makes_every_commit_fsync(cache_dir):
         assert cache._store._loop_db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
 
 
+async def test_a_process_that_only_sets_keeps_its_place_in_the_log_and_its_memory_tier(cache_dir, monkeypatch):
+    """Its sets check the log when the check is due, as its gets do: one that only set keys while
+    another process wrote more rows than the log keeps used to find its place trimmed away at its
+    next get, and forgot every memory entry (the benchmark's 10b measured 43 % disk reads)."""
+    monkeypatch.setattr(_plan, "LOG_KEEP_ROWS", 8)
+    monkeypatch.setattr(_plan, "LOG_TRIM_EVERY", 1)
+    settings = config(cache_dir, sync_interval=0.001, memory_max_size=1000)
+    async with CacheManager(settings) as setter, CacheManager(settings) as other:
+        for i in range(40):
+            await other.set(f"other{i}", i)
+            await setter.set(f"k{i}", i)
+            await asyncio.sleep(0.002)  # past the setter's sync interval, a real-time bound
+        assert await setter.get("k0") == 0
+        assert (await setter.get_stats())["memory_size"] == 40
+
+
 async def test_a_process_that_missed_trimmed_log_rows_empties_its_memory_tier(cache_dir, monkeypatch):
     settings = config(cache_dir, sync_interval=0.05)
     async with CacheManager(settings) as reader, CacheManager(settings) as writer:
