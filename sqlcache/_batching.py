@@ -74,8 +74,8 @@ class ReadCoalescer(Generic[Row]):
         return await self._fetch(keys), batch
 
     def spoil(self, keys: Iterable[str]) -> None:
-        """Mark `keys` changed for the reads in flight, so that none of them is promoted from
-        one (`keys` is only iterated when a read is in flight: a removal's rows, unlisted)."""
+        """Mark `keys` changed for the reads in flight, so that no read promotes them. `keys` is
+        iterated only when a read is in flight, so a removal can pass its rows as a generator."""
         if self._live:
             changed = set(keys)
             for batch in self._live:
